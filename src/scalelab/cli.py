@@ -1,0 +1,130 @@
+"""The `scalelab` command. Each command is a thin layer over the library; errors end in one line, exit 2."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from scalelab import __version__
+from scalelab.errors import ScalelabError
+
+app = typer.Typer(
+    name="scalelab",
+    help="How much data, and which data, does a language model need? Prepare corpora, train, fit scaling laws.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+
+DEFAULT_DATASETS = Path("datasets")
+
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
+SetOption = Annotated[list[str] | None, typer.Option(
+    "--set", "-s", help="Override a config field: --set split.validation=0.05 (repeatable).")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"scalelab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """scalelab: data-scaling experiments for language models."""
+
+
+def _prepare_config(sources: list[str], out: Path | None, config: Path | None, overrides: list[str],
+                    workers: int | None, strict: bool) -> Any:
+    from scalelab import config as cfg
+    from scalelab.data import PrepareConfig
+
+    base: dict[str, Any] = {}
+    if sources:
+        base["sources"] = [{"path": s} for s in sources]
+    if workers is not None:
+        base["workers"] = workers
+    if strict:
+        base["strict"] = True
+    data = cfg.read_yaml(config) if config else {}
+    merged = {**data, **base}
+    merged.setdefault("sources", [{"path": "stdlib"}])
+    if out is not None:
+        merged["out"] = str(out)
+    elif "out" not in merged:
+        first = cfg.validate(PrepareConfig, {**merged, "out": "."}).sources[0]
+        merged["out"] = str(DEFAULT_DATASETS / first.label)
+    return cfg.validate(PrepareConfig, cfg.apply_overrides(merged, overrides),
+                        origin=str(config) if config else "config")
+
+
+def print_summary(manifest: dict[str, Any], path: Path) -> None:
+    from scalelab.data.summary import summary_tables
+
+    for table in summary_tables(manifest):
+        console.print(table)
+    console.print(f"dataset: [bold]{path}[/]  fingerprint {manifest['fingerprint']}")
+
+
+@app.command()
+def prepare(
+    sources: Annotated[list[str] | None, typer.Argument(
+        help="Directories, .txt/.jsonl[.gz|.zst]/.parquet files, saved Hugging Face datasets, or `stdlib` "
+             "(the default: this Python's standard library).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Dataset directory [default: datasets/NAME].")] = None,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", "-w", help="Processes for cleaning and tokenizing.")] = None,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Fail on unreadable files, invalid lines, binary files.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if an identical dataset exists.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Read, clean, split and tokenize a corpus into a dataset of nested token subsets."""
+    from scalelab.data import prepare as run_prepare
+
+    resolved = _prepare_config(sources or [], out, config, overrides or [], workers, strict)
+    store = run_prepare(resolved, force=force, show_progress=not quiet)
+    print_summary(store.manifest, store.path)
+
+
+@app.command()
+def info(dataset: Annotated[Path, typer.Argument(help="A prepared dataset directory.")]) -> None:
+    """Print the summary of a prepared dataset."""
+    from scalelab.data import TokenStore
+
+    store = TokenStore.open(dataset)
+    print_summary(store.manifest, store.path)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Where the demo dataset goes.")] = DEFAULT_DATASETS / "stdlib",
+    workers: Annotated[int, typer.Option("--workers", "-w", help="Processes for cleaning and tokenizing.")] = 1,
+) -> None:
+    """The main job on the built-in corpus (this Python's standard library): prepare it and summarise it."""
+    from scalelab.data import prepare as run_prepare
+
+    resolved = _prepare_config(["stdlib"], out, None, [], workers, False)
+    store = run_prepare(resolved)
+    print_summary(store.manifest, store.path)
+
+
+def main() -> None:
+    try:
+        app()
+    except ScalelabError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted")
+        sys.exit(130)

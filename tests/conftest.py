@@ -1,0 +1,64 @@
+"""Shared fixtures: small corpora generated on the fly, and one prepared dataset per session."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scalelab.data import PrepareConfig, SourceConfig, TokenStore, prepare
+
+WORDS = ("data model token scale loss law curve train held out byte text corpus filter dedup gram "
+         "neural network layer weight batch step learning rate value size order").split()
+
+
+def make_text(rng: random.Random, n_words: int) -> str:
+    lines, line = [], []
+    for _ in range(n_words):
+        line.append(rng.choice(WORDS))
+        if rng.random() < 0.1:
+            lines.append(" ".join(line) + ".")
+            line = []
+    lines.append(" ".join(line))
+    return "\n".join(lines)
+
+
+def write_corpus(root: Path, n_docs: int = 80, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n_docs):
+        sub = root / f"part{i % 3}"
+        sub.mkdir(exist_ok=True)
+        (sub / f"doc{i:03d}.txt").write_text(make_text(rng, rng.randint(20, 200)), encoding="utf-8")
+    return root
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    return write_corpus(tmp_path / "corpus")
+
+
+def tiny_config(source: Path, out: Path, **kwargs) -> PrepareConfig:
+    base = {"sources": [{"path": str(source)}], "out": str(out),
+            "split": {"validation": 0.1, "test": 0.1},
+            "tokenizer": {"kind": "bpe", "vocab_size": 300}}
+    base.update(kwargs)
+    return PrepareConfig.model_validate(base)
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> TokenStore:
+    root = tmp_path_factory.mktemp("prepared")
+    source = write_corpus(root / "corpus", n_docs=120, seed=1)
+    return prepare(tiny_config(source, root / "dataset"), show_progress=False)
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "scalelab", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+__all__ = ["SourceConfig", "make_text", "run_cli", "tiny_config", "write_corpus"]

@@ -1,0 +1,45 @@
+import pytest
+
+from scalelab.config import apply_overrides, load, parse_override
+from scalelab.data import PrepareConfig
+from scalelab.errors import ConfigError
+
+
+def test_parse_override_reads_yaml_values():
+    assert parse_override("a.b=3") == (["a", "b"], 3)
+    assert parse_override("x=[1, 2]") == (["x"], [1, 2])
+    assert parse_override("flag=true") == (["flag"], True)
+    assert parse_override("name=hello world") == (["name"], "hello world")
+    with pytest.raises(ConfigError):
+        parse_override("=3")
+
+
+def test_apply_overrides_nests_without_mutating():
+    base = {"split": {"validation": 0.1}}
+    merged = apply_overrides(base, ["split.test=0.2", "tokenizer.kind=bytes"])
+    assert merged == {"split": {"validation": 0.1, "test": 0.2}, "tokenizer": {"kind": "bytes"}}
+    assert base == {"split": {"validation": 0.1}}
+
+
+def test_load_layers_file_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("sources: [{path: stdlib}]\nout: x\nsplit: {validation: 0.1}\n")
+    config = load(PrepareConfig, path, ["split.validation=0.3"])
+    assert config.split.validation == 0.3 and str(config.out) == "x"
+
+
+def test_all_problems_reported_at_once():
+    with pytest.raises(ConfigError) as info:
+        load(PrepareConfig, None, ["out=x", "sources=[]", "split.validation=2", "bogus=1"])
+    message = str(info.value)
+    for field in ("sources", "split.validation", "bogus: unknown field"):
+        assert field in message
+    assert "\n" not in message
+
+
+def test_shipped_example_configs_load():
+    from pathlib import Path
+
+    for path in sorted(Path(__file__).parent.parent.glob("examples/*.yaml")):
+        config = load(PrepareConfig, path)
+        assert config.sources

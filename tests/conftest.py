@@ -11,8 +11,7 @@ import pytest
 
 from scalelab.data import PrepareConfig, SourceConfig, TokenStore, prepare
 
-WORDS = ("data model token scale loss law curve train held out byte text corpus filter dedup gram "
-         "neural network layer weight batch step learning rate value size order").split()
+WORDS = ["data", "model", "token", "scale", "loss", "law", "curve", "train", "held", "out", "byte", "text", "corpus", "filter", "dedup", "gram", "neural", "network", "layer", "weight", "batch", "step", "learning", "rate", "value", "size", "order"]
 
 
 def make_text(rng: random.Random, n_words: int) -> str:

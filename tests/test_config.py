@@ -43,3 +43,11 @@ def test_shipped_example_configs_load():
     for path in sorted(Path(__file__).parent.parent.glob("examples/*.yaml")):
         config = load(PrepareConfig, path)
         assert config.sources
+
+
+def test_overrides_index_lists():
+    base = {"sources": [{"path": "a"}, {"path": "b"}]}
+    merged = apply_overrides(base, ["sources.1.text_field=content"])
+    assert merged["sources"][1] == {"path": "b", "text_field": "content"}
+    with pytest.raises(ConfigError, match="not an index"):
+        apply_overrides(base, ["sources.5.path=x"])

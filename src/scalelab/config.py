@@ -5,6 +5,7 @@ Validation happens once, here at the boundary; every problem found is reported t
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,23 +36,41 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of `data` with each dotted override set, creating nested mappings as needed."""
-    merged = _deep_copy(data)
+    """Return a copy of `data` with each dotted override set, creating nested mappings as needed.
+
+    A numeric part indexes a list: `sources.0.text_field=content`.
+    """
+    merged = copy.deepcopy(data)
     for item in overrides:
         path, value = parse_override(item)
-        node = merged
-        for part in path[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = {}
-                node[part] = child
-            node = child
-        node[path[-1]] = value
+        node: Any = merged
+        for depth, part in enumerate(path[:-1]):
+            node = _child(node, part, ".".join(path[: depth + 1]))
+        _assign(node, path[-1], value, item)
     return merged
 
 
-def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
+def _child(node: Any, part: str, where: str) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, part, where)]
+    child = node.get(part)
+    if not isinstance(child, (dict, list)):
+        child = {}
+        node[part] = child
+    return child
+
+
+def _assign(node: Any, part: str, value: Any, item: str) -> None:
+    if isinstance(node, list):
+        node[_index(node, part, item)] = value
+    else:
+        node[part] = value
+
+
+def _index(node: list[Any], part: str, where: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"override {where!r}: {part!r} is not an index of a list of {len(node)} item(s)")
+    return int(part)
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

@@ -6,8 +6,8 @@ import pytest
 
 import scalelab.data.pipeline as pipeline
 from scalelab.data import TokenStore, prepare
-from tests.conftest import tiny_config, write_corpus
 from scalelab.errors import DataError
+from tests.conftest import tiny_config, write_corpus
 
 
 def ids(store, split):

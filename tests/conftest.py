@@ -11,7 +11,9 @@ import pytest
 
 from scalelab.data import PrepareConfig, SourceConfig, TokenStore, prepare
 
-WORDS = ["data", "model", "token", "scale", "loss", "law", "curve", "train", "held", "out", "byte", "text", "corpus", "filter", "dedup", "gram", "neural", "network", "layer", "weight", "batch", "step", "learning", "rate", "value", "size", "order"]
+WORDS = ("data", "model", "token", "scale", "loss", "law", "curve", "train", "held", "out", "byte", "text",
+         "corpus", "filter", "dedup", "gram", "neural", "network", "layer", "weight", "batch", "step", "learning",
+         "rate", "value", "size", "order")
 
 
 def make_text(rng: random.Random, n_words: int) -> str:

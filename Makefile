@@ -23,6 +23,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+bench: $(STAMP)
+	$(BIN)/python benchmarks/prepare_throughput.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 

@@ -6,7 +6,7 @@
 Each run is `python -m scalelab prepare` in a fresh subprocess. Throughput is the manifest's bytes_read over
 its total seconds (interpreter start-up and imports excluded). Peak RSS is reported twice: the largest single
 process (main or worker, from getrusage in a wrapper that runs only that prepare), and the largest sum over the
-process tree sampled every 0.2 s (which counts pages shared between processes once per process).
+process tree sampled every 0.2 s (which counts pages shared between processes once per process). MB = 1e6 bytes.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def generated_corpus(workdir: Path, target_bytes: int) -> Path:
     shards.mkdir(parents=True)
     rng = np.random.default_rng(SEED)
     pieces = Pieces(rng)
-    written, shard = 0, None
+    written, n_shards, shard = 0, 0, None
     try:
         while True:
             data, doc_ends = pieces.documents(rng, DOCS_PER_CHUNK)
@@ -111,7 +111,8 @@ def generated_corpus(workdir: Path, target_bytes: int) -> Path:
             if shard is None or shard.tell() >= SHARD_BYTES:
                 if shard is not None:
                     shard.close()
-                shard = (shards / f"shard-{written // SHARD_BYTES:05d}.jsonl").open("wb")
+                shard = (shards / f"shard-{n_shards:05d}.jsonl").open("wb")
+                n_shards += 1
             shard.write(data[:doc_ends[keep - 1]].tobytes())
             written += int(doc_ends[keep - 1])
             print(f"\rgenerating {shards}: {written / 1e6:,.0f} MB", end="", file=sys.stderr)
@@ -146,7 +147,7 @@ def measure(source: str, workers: int, workdir: Path) -> dict[str, Any]:
         proc = subprocess.Popen([sys.executable, "-c", WRAPPER, *command], stdout=subprocess.PIPE,
                                 stderr=errors, text=True)
         tree_peak = tree_peak_rss(proc)
-        max_rss = int(proc.stdout.read()) * MAXRSS_BYTES if proc.stdout else 0
+        stdout, _ = proc.communicate()
         if proc.returncode != 0:
             errors.seek(0)
             sys.exit(f"failed: {' '.join(command)}\n{errors.read().decode(errors='replace')}")
@@ -154,7 +155,7 @@ def measure(source: str, workers: int, workdir: Path) -> dict[str, Any]:
     seconds = {stage: stats["seconds"][stage] for stage in STAGES}
     return {"bytes": stats["bytes_read"], "seconds": seconds,
             "mb_per_s": stats["bytes_read"] / seconds["total"] / 1e6,
-            "peak_rss_mb": max_rss / 1e6, "tree_peak_rss_mb": tree_peak / 1e6}
+            "peak_rss_mb": int(stdout) * MAXRSS_BYTES / 1e6, "tree_peak_rss_mb": tree_peak / 1e6}
 
 
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:

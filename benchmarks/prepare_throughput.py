@@ -42,7 +42,6 @@ DOC_START, DOC_END = '{"text": "', '."}\n'
 WRAPPER = ("import resource, subprocess, sys; rc = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL); "
            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)")
 MAXRSS_BYTES = 1 if sys.platform == "darwin" else 1024
-STAGES = ["read_clean_split", "tokenizer", "tokenize", "total"]
 
 
 class Pieces:
@@ -139,11 +138,11 @@ def tree_peak_rss(proc: subprocess.Popen[str]) -> int:
             pass
 
 
-def measure(source: str, workers: int, workdir: Path) -> dict[str, Any]:
+def measure(source: str, workers: int, workdir: Path, extra: list[str]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(dir=workdir, prefix="out-") as tmp, tempfile.TemporaryFile() as errors:
         out = Path(tmp) / "dataset"
         command = [sys.executable, "-m", "scalelab", "prepare", source, "--workers", str(workers),
-                   "--quiet", "--force", "--out", str(out)]
+                   "--quiet", "--force", "--out", str(out), *extra]
         proc = subprocess.Popen([sys.executable, "-c", WRAPPER, *command], stdout=subprocess.PIPE,
                                 stderr=errors, text=True)
         tree_peak = tree_peak_rss(proc)
@@ -152,7 +151,7 @@ def measure(source: str, workers: int, workdir: Path) -> dict[str, Any]:
             errors.seek(0)
             sys.exit(f"failed: {' '.join(command)}\n{errors.read().decode(errors='replace')}")
         stats = json.loads((out / "manifest.json").read_text())["stats"]
-    seconds = {stage: stats["seconds"][stage] for stage in STAGES}
+    seconds = stats["seconds"]
     return {"bytes": stats["bytes_read"], "seconds": seconds,
             "mb_per_s": stats["bytes_read"] / seconds["total"] / 1e6,
             "peak_rss_mb": int(stdout) * MAXRSS_BYTES / 1e6, "tree_peak_rss_mb": tree_peak / 1e6}
@@ -160,7 +159,7 @@ def measure(source: str, workers: int, workdir: Path) -> dict[str, Any]:
 
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {"bytes": runs[0]["bytes"],
-            "seconds": {s: statistics.median(r["seconds"][s] for r in runs) for s in STAGES},
+            "seconds": {s: statistics.median(r["seconds"][s] for r in runs) for s in runs[0]["seconds"]},
             **{k: statistics.median(r[k] for r in runs) for k in ("mb_per_s", "peak_rss_mb", "tree_peak_rss_mb")}}
 
 
@@ -171,13 +170,13 @@ def machine() -> dict[str, Any]:
 
 
 def print_table(measurements: list[dict[str, Any]], speedups: dict[str, dict[str, float]]) -> None:
-    print(f"{'corpus':<10} {'MB':>8} {'workers':>7} {'read/clean':>10} {'tok-train':>9} {'tokenize':>8} "
-          f"{'total s':>8} {'MB/s':>7} {'peak RSS':>9} {'tree RSS':>9}")
+    stages = list(measurements[0]["seconds"])
+    print(f"{'corpus':<10} {'MB':>8} {'workers':>7} " + " ".join(f"{s[:12]:>12}" for s in stages) +
+          f" {'MB/s':>7} {'peak RSS':>9} {'tree RSS':>9}")
     for m in measurements:
-        s = m["seconds"]
-        print(f"{m['corpus']:<10} {m['bytes'] / 1e6:>8.1f} {m['workers']:>7} {s['read_clean_split']:>10.2f} "
-              f"{s['tokenizer']:>9.2f} {s['tokenize']:>8.2f} {s['total']:>8.2f} {m['mb_per_s']:>7.2f} "
-              f"{m['peak_rss_mb']:>9.0f} {m['tree_peak_rss_mb']:>9.0f}")
+        print(f"{m['corpus']:<10} {m['bytes'] / 1e6:>8.1f} {m['workers']:>7} " +
+              " ".join(f"{m['seconds'][s]:>12.2f}" for s in stages) +
+              f" {m['mb_per_s']:>7.2f} {m['peak_rss_mb']:>9.0f} {m['tree_peak_rss_mb']:>9.0f}")
     for corpus, ratios in speedups.items():
         print(f"speedup {corpus}: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
 
@@ -191,6 +190,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/scalelab-bench"),
                         help="Cache of the generated corpus, and scratch space for the prepared datasets.")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/prepare_throughput.json"))
+    parser.add_argument("--prepare-args", default="",
+                        help="Extra arguments for `scalelab prepare`, e.g. \"--filters code --variants raw,dedup\".")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
 
@@ -202,7 +203,7 @@ def main() -> None:
         for repeat in range(args.repeats):
             for workers in args.workers:
                 print(f"{corpus}: workers {workers}, run {repeat + 1}/{args.repeats}", file=sys.stderr)
-                runs[workers].append(measure(source, workers, args.workdir))
+                runs[workers].append(measure(source, workers, args.workdir, args.prepare_args.split()))
         medians = {w: median_of(r) for w, r in runs.items()}
         measurements += [{"corpus": corpus, "workers": w, **medians[w], "runs": runs[w]} for w in args.workers]
         base = args.workers[0]

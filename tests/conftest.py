@@ -63,3 +63,33 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
 
 
 __all__ = ["SourceConfig", "make_text", "run_cli", "tiny_config", "write_corpus"]
+
+
+PROSE = ("the", "model", "learns", "from", "data", "and", "the", "loss", "falls", "with", "more", "tokens", "of",
+         "text", "that", "have", "been", "cleaned", "to", "be", "useful", "for", "training", "with", "care")
+
+
+def prose_doc(rng: random.Random, n_sentences: int) -> str:
+    sentences = []
+    for _ in range(n_sentences):
+        words = [rng.choice(PROSE) for _ in range(rng.randint(8, 16))]
+        sentences.append(" ".join(words).capitalize() + f" {rng.choice(WORDS)} {rng.randint(0, 10**6)}.")
+    return "\n".join(" ".join(sentences[i:i + 2]) for i in range(0, len(sentences), 2))
+
+
+def write_mixed_corpus(root: Path, n_good: int = 150, seed: int = 0) -> Path:
+    """Prose that passes the `prose` filters, junk that fails them, and exact and near duplicates."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    good = [prose_doc(rng, rng.randint(8, 20)) for _ in range(n_good)]
+    for i, text in enumerate(good):
+        (root / f"good{i:03d}.txt").write_text(text)
+    for i in range(20):
+        (root / f"junk{i:02d}.txt").write_text(f"#### $$$ ||| {chr(97 + seed % 26) * 3} " * rng.randint(5, 30))
+    for i in range(10):
+        (root / f"exact{i:02d}.txt").write_text(good[i])
+    for i in range(10):
+        words = good[20 + i].split(" ")
+        words[len(words) // 2] = "changed"
+        (root / f"near{i:02d}.txt").write_text(" ".join(words))
+    return root

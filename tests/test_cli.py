@@ -28,7 +28,7 @@ def test_prepare_and_info_end_to_end(tmp_path):
     for heading in ("Documents", "Splits", "train (raw)", "validation", "throughput"):
         assert heading in result.stdout
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["stats"]["documents_kept"] == 80
+    assert manifest["funnel"]["cleaned"] == 80
     info = run_cli("info", str(out))
     assert info.returncode == 0 and manifest["fingerprint"] in info.stdout
 
@@ -103,9 +103,32 @@ def test_sigkill_mid_run_leaves_no_dataset_and_rerun_succeeds(tmp_path):
     result = run_cli("prepare", str(corpus), "--out", str(out), *SMALL)
     assert result.returncode == 0, result.stderr
     assert not list(tmp_path.glob(".ds.tmp-*"))
-    assert json.loads((out / "manifest.json").read_text())["stats"]["documents_kept"] == 1500
+    assert json.loads((out / "manifest.json").read_text())["funnel"]["cleaned"] == 1500
 
 
 def test_version():
     result = run_cli("--version")
     assert result.returncode == 0 and result.stdout.startswith("scalelab ")
+
+
+def test_variants_and_data_report(tmp_path):
+    from tests.conftest import write_mixed_corpus
+
+    corpus = write_mixed_corpus(tmp_path / "corpus", n_good=60)
+    out = tmp_path / "ds"
+    result = run_cli("prepare", str(corpus), "--out", str(out), "--filters", "prose",
+                     "--variants", "raw,filtered+dedup", *SMALL)
+    assert result.returncode == 0, result.stderr
+    assert "train (filtered+dedup)" in result.stdout and "gopher" in result.stdout
+    report_path = tmp_path / "report.json"
+    report = run_cli("data-report", str(out), "--json", str(report_path))
+    assert report.returncode == 0, report.stderr
+    for heading in ("funnel", "Examples dropped", "Diversity", "Mixture", "MinHash 14 bands"):
+        assert heading in report.stdout
+    data = json.loads(report_path.read_text())
+    assert set(data["metrics"]) == {"train (raw)", "train (filtered+dedup)", "validation", "test"}
+    assert data["metrics"]["train (filtered+dedup)"]["duplicates_exact"] == 0
+    assert data["metrics"]["train (raw)"]["duplicates_exact"] > 0
+    assert data["funnel"]["filtered"]
+    assert_user_error(run_cli("prepare", str(corpus), "--out", str(tmp_path / "x"), "--variants", "filtered"),
+                      "filtered variant needs quality filters")

@@ -41,7 +41,8 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 
 def _prepare_config(sources: list[str], out: Path | None, config: Path | None, overrides: list[str],
-                    workers: int | None, strict: bool) -> Any:
+                    workers: int | None, strict: bool, filters: str | None = None,
+                    variants: str | None = None) -> Any:
     from scalelab import config as cfg
     from scalelab.data import PrepareConfig
 
@@ -52,8 +53,12 @@ def _prepare_config(sources: list[str], out: Path | None, config: Path | None, o
         base["workers"] = workers
     if strict:
         base["strict"] = True
+    if variants:
+        base["variants"] = [v.strip() for v in variants.split(",")]
     data = cfg.read_yaml(config) if config else {}
     merged = {**data, **base}
+    if filters:
+        merged["filters"] = {**merged.get("filters", {}), "preset": filters}
     merged.setdefault("sources", [{"path": "stdlib"}])
     if out is not None:
         merged["out"] = str(out)
@@ -62,6 +67,12 @@ def _prepare_config(sources: list[str], out: Path | None, config: Path | None, o
         merged["out"] = str(DEFAULT_DATASETS / first.label)
     return cfg.validate(PrepareConfig, cfg.apply_overrides(merged, overrides),
                         origin=str(config) if config else "config")
+
+
+FiltersOption = Annotated[str | None, typer.Option(
+    "--filters", help="Quality filter preset: none, prose or code (same as --set filters.preset=...).")]
+VariantsOption = Annotated[str | None, typer.Option(
+    "--variants", help="Train variants, comma-separated: raw, filtered, dedup, filtered+dedup [default: raw].")]
 
 
 def print_summary(manifest: dict[str, Any], path: Path) -> None:
@@ -85,13 +96,15 @@ def prepare(
         "--workers", "-w", help="Processes for cleaning and tokenizing.")] = None,
     strict: Annotated[bool, typer.Option(
         "--strict", help="Fail on unreadable files, invalid lines, binary files.")] = False,
+    filters: FiltersOption = None,
+    variants: VariantsOption = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if an identical dataset exists.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Read, clean, split and tokenize a corpus into a dataset of nested token subsets."""
     from scalelab.data import prepare as run_prepare
 
-    resolved = _prepare_config(sources or [], out, config, overrides or [], workers, strict)
+    resolved = _prepare_config(sources or [], out, config, overrides or [], workers, strict, filters, variants)
     store = run_prepare(resolved, force=force, show_progress=not quiet)
     print_summary(store.manifest, store.path)
 
@@ -105,6 +118,31 @@ def info(dataset: Annotated[Path, typer.Argument(help="A prepared dataset direct
     print_summary(store.manifest, store.path)
 
 
+@app.command("data-report")
+def data_report(
+    dataset: Annotated[Path, typer.Argument(help="A prepared dataset directory.")],
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON here.")] = None,
+    max_tokens: Annotated[int, typer.Option(
+        "--max-tokens", help="Measure each view on its first N tokens (equal-size prefixes compare).")] = 5_000_000,
+) -> None:
+    """Explain a dataset: the funnel, examples dropped by each rule, and diversity metrics per variant."""
+    from scalelab.data import TokenStore
+    from scalelab.data.report import data_report as build_report
+    from scalelab.data.summary import examples_table, funnel_table, metrics_table, mixture_table, splits_table
+
+    store = TokenStore.open(dataset)
+    report = build_report(store, max_tokens=max_tokens)
+    console.print(f"{store.manifest['minhash']['description']}")
+    for table in (funnel_table(store.manifest), examples_table(store.manifest), splits_table(store.manifest),
+                  metrics_table(report["metrics"]), mixture_table(report["metrics"])):
+        console.print(table)
+    if json_out is not None:
+        from scalelab.io import write_json_atomic
+
+        write_json_atomic(json_out, report)
+        console.print(f"wrote {json_out}")
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(
@@ -114,7 +152,8 @@ def demo(
     """The main job on the built-in corpus (this Python's standard library): prepare it and summarise it."""
     from scalelab.data import prepare as run_prepare
 
-    resolved = _prepare_config(["stdlib"], out, None, [], workers, False)
+    resolved = _prepare_config(["stdlib"], out, None, [], workers, False, filters="code",
+                               variants="raw,filtered+dedup")
     store = run_prepare(resolved)
     print_summary(store.manifest, store.path)
 

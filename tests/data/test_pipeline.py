@@ -21,7 +21,7 @@ def test_prepare_accounts_for_every_document(tmp_path, corpus):
     stats = store.manifest["stats"]
     assert stats["documents_read"] == 82
     assert stats["skipped"] == {"binary": 1, "empty": 1}
-    assert stats["documents_kept"] == 80
+    assert store.manifest["funnel"]["cleaned"] == 80
     splits = [set(ids(store, s)) for s in ("train", "validation", "test")]
     assert sum(map(len, splits)) == 80 and len(set.union(*splits)) == 80
     assert all(len(s) > 0 for s in splits)

@@ -1,9 +1,11 @@
-"""`prepare`: sources -> clean -> split -> tokenizer -> TokenStore, streaming with bounded memory.
+"""`prepare`: sources -> clean -> filter -> split -> dedup -> tokenizer -> TokenStore, with bounded memory.
 
-Pass 1 reads sources in this process, cleans and assigns splits in worker processes (in order, so the result
-never depends on the number of workers), and parks cleaned text in a staging area. The tokenizer trains on the
-train split. Pass 2 tokenizes each split in its shuffled order and writes the token arrays. Everything is
-written into a temporary directory that is renamed into place only when complete.
+Pass 1 reads sources in this process; worker processes clean, filter, MinHash and assign splits (in order, so
+the result never depends on the number of workers); cleaned text is parked in a staging area. Selection then
+decides, from small per-document arrays, which documents each train variant and held-out split keeps (see
+variants.py). The tokenizer trains on the raw train split. Pass 2 tokenizes each split in its shuffled order
+and writes every variant's token arrays. Everything is written into a temporary directory that is renamed
+into place only when complete.
 """
 
 from __future__ import annotations
@@ -17,28 +19,33 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from scalelab import __version__
 from scalelab.config import StrictModel
 from scalelab.data.clean import CleanStats, clean, content_hash
+from scalelab.data.dedup import DedupConfig, band_hashes, minhash_signatures
 from scalelab.data.documents import RawDoc, Skipped, SourceConfig, SourceFingerprint, read_source, resolve_type
+from scalelab.data.filters import FiltersConfig, apply_filters
 from scalelab.data.split import HELD_OUT, SPLITS, SplitConfig, SplitName, assign_split, mix64_array, shuffle_order
-from scalelab.data.staging import StagingArea
+from scalelab.data.staging import StagedDoc, StagingArea
 from scalelab.data.store import FORMAT_VERSION, MANIFEST, TOKENIZER, SplitWriter, TokenStore, store_fingerprint
 from scalelab.data.tokenizer import Tokenizer, TokenizerConfig, build_tokenizer, load_cached
+from scalelab.data.variants import Selection, VariantName, select, text_of
 from scalelab.errors import DataError
 from scalelab.parallel import ordered_map
 from scalelab.progress import progress, stderr_console
 
 # Settings that change how the work is done but not what is written; they stay out of the fingerprint.
 EXECUTION_FIELDS = {"out", "workers", "batch_bytes", "strict"}
-TRAIN_VARIANT = "raw"
 SAMPLE_SEED = 0x5CA1E
+EXAMPLES_PER_REASON = 3
+EXCERPT_CHARS = 240
 
 
 class PrepareConfig(StrictModel):
@@ -48,10 +55,30 @@ class PrepareConfig(StrictModel):
     out: Path = Field(description="Dataset directory to write.")
     split: SplitConfig = Field(default_factory=SplitConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    filters: FiltersConfig = Field(default_factory=FiltersConfig,
+                                   description="Quality filters; `preset: prose` or `code` turns them on.")
+    dedup: DedupConfig = Field(default_factory=DedupConfig, description="Exact and MinHash near deduplication.")
+    variants: list[VariantName] = Field(default_factory=lambda: ["raw"],
+                                        description="Train variants to write, sharing tokenizer and held-out set.")
     shuffle_seed: int = Field(0, ge=0, description="Seed of the one shuffle that fixes the nested-subset order.")
-    workers: int = Field(1, ge=1, le=256, description="Processes that clean and tokenize.")
+    workers: int = Field(1, ge=1, le=256, description="Processes that clean, filter, hash and tokenize.")
     strict: bool = Field(False, description="Fail on the first unreadable file, invalid line or binary file.")
     batch_bytes: int = Field(4_000_000, gt=0, description="Text sent to a worker at a time.")
+
+    @field_validator("variants")
+    @classmethod
+    def _distinct_variants(cls, value: list[VariantName]) -> list[VariantName]:
+        if not value:
+            raise ValueError("name at least one train variant")
+        if len(set(value)) != len(value):
+            raise ValueError(f"variants repeat: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _filtered_variants_need_filters(self) -> PrepareConfig:
+        if any(v.startswith("filtered") for v in self.variants) and not self.filters.build():
+            raise ValueError("a filtered variant needs quality filters: set filters.preset to prose or code")
+        return self
 
     def fingerprint(self) -> str:
         content = self.model_dump(mode="json", exclude=EXECUTION_FIELDS)
@@ -64,6 +91,9 @@ class RunStats:
     bytes_read: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     skipped_examples: dict[str, list[str]] = field(default_factory=dict)
+    filtered: Counter[str] = field(default_factory=Counter)
+    filtered_bytes: Counter[str] = field(default_factory=Counter)
+    filtered_examples: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     clean: CleanStats = field(default_factory=CleanStats)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -72,8 +102,15 @@ class RunStats:
             raise DataError(f"{item.reason.replace('_', ' ')}: {item.detail or item.id} (--strict)")
         self.skipped[item.reason] += 1
         examples = self.skipped_examples.setdefault(item.reason, [])
-        if len(examples) < 5:
+        if len(examples) < EXAMPLES_PER_REASON:
             examples.append(item.detail or item.id)
+
+    def drop(self, reason: str, doc_id: str, text: str) -> None:
+        self.filtered[reason] += 1
+        self.filtered_bytes[reason] += len(text.encode("utf-8"))
+        examples = self.filtered_examples.setdefault(reason, [])
+        if len(examples) < EXAMPLES_PER_REASON:
+            examples.append({"id": doc_id, "excerpt": text[:EXCERPT_CHARS]})
 
 
 def prepare(config: PrepareConfig, *, force: bool = False, show_progress: bool = True) -> TokenStore:
@@ -149,13 +186,18 @@ def _commit(tmp: Path, out: Path) -> None:
 def _prepare_into(tmp: Path, config: PrepareConfig, show_progress: bool) -> dict[str, Any]:
     started = time.perf_counter()
     stats = RunStats()
-    staging = StagingArea(tmp / "staging")
+    staging = StagingArea(tmp / "staging", config.dedup.minhash.num_bands)
     fingerprints = [SourceFingerprint() for _ in config.sources]
 
     tick = time.perf_counter()
     _stage_documents(config, staging, stats, fingerprints, show_progress)
-    stats.seconds["read_clean_split"] = time.perf_counter() - tick
-    _check_sizes(config, staging, stats)
+    stats.seconds["read_clean_filter_hash"] = time.perf_counter() - tick
+    _check_corpus(config, staging, stats)
+
+    tick = time.perf_counter()
+    selection = select(staging, config.variants, config.dedup, config.shuffle_seed, bool(config.filters.build()))
+    _check_selection(config, selection)
+    stats.seconds["select"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
     tokenizer = _train_tokenizer(config, staging, show_progress)
@@ -163,15 +205,15 @@ def _prepare_into(tmp: Path, config: PrepareConfig, show_progress: bool) -> dict
     stats.seconds["tokenizer"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    infos = {}
-    for split in SPLITS:
-        directory = tmp / (f"train/{TRAIN_VARIANT}" if split == "train" else split)
-        infos[split] = _write_split(split, directory, staging, tokenizer, tmp / TOKENIZER, config, show_progress)
+    infos = _write_splits(tmp, staging, selection, tokenizer, config, show_progress)
     stats.seconds["tokenize"] = time.perf_counter() - tick
     shutil.rmtree(staging.directory)
+    if selection.reference_matches:
+        lines = (json.dumps(m, ensure_ascii=False) for m in selection.reference_matches)
+        (tmp / "reference_matches.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     stats.seconds["total"] = time.perf_counter() - started
 
-    manifest = _manifest(config, stats, fingerprints, tokenizer, infos, tmp)
+    manifest = _manifest(config, stats, fingerprints, tokenizer, infos, selection, staging, tmp)
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return manifest
 
@@ -202,45 +244,60 @@ def _batches(items: Iterable[RawDoc], batch_bytes: int) -> Iterator[list[RawDoc]
 
 
 @dataclass
-class CleanedBatch:
-    kept: list[tuple[SplitName, int, Any]]
+class StagedBatch:
+    """A worker's output: per kept document (split, hash, doc, edited text or None, filter drop reason or None)."""
+
+    kept: list[tuple[SplitName, int, Any, str | None, str | None]]
+    bands: np.ndarray
     skipped: list[Skipped]
     stats: CleanStats
     raw_bytes: int
 
 
-def clean_batch(args: tuple[list[RawDoc], SplitConfig]) -> CleanedBatch:
-    """Worker: clean documents, hash their content and assign each a split."""
-    raw_docs, split_config = args
+@cache
+def _filters(filters_json: str) -> list:
+    return FiltersConfig.model_validate_json(filters_json).build()
+
+
+def stage_batch(args: tuple[list[RawDoc], PrepareConfig]) -> StagedBatch:
+    """Worker: clean, hash, assign a split, run the quality filters and MinHash each document."""
+    raw_docs, config = args
+    filters = _filters(config.filters.model_dump_json())
     stats = CleanStats()
     kept, skipped = [], []
     for raw in raw_docs:
-        result = clean(raw, stats)
-        if isinstance(result, Skipped):
-            skipped.append(result)
+        doc = clean(raw, stats)
+        if isinstance(doc, Skipped):
+            skipped.append(doc)
             continue
-        doc_hash = content_hash(result.text)
-        kept.append((assign_split(doc_hash, split_config), doc_hash, result))
-    raw_bytes = sum(len(r.data) for r in raw_docs)
-    return CleanedBatch(kept, skipped, stats, raw_bytes)
+        doc_hash = content_hash(doc.text)
+        verdict = apply_filters(doc, filters) if filters else doc
+        reason = verdict if isinstance(verdict, str) else None
+        edited = verdict.text if not isinstance(verdict, str) and verdict.text != doc.text else None
+        kept.append((assign_split(doc_hash, config.split), doc_hash, doc, edited, reason))
+    signatures = minhash_signatures([doc.text for _, _, doc, _, _ in kept], config.dedup.minhash)
+    return StagedBatch(kept, band_hashes(signatures, config.dedup.minhash), skipped, stats,
+                       sum(len(r.data) for r in raw_docs))
 
 
 def _stage_documents(config: PrepareConfig, staging: StagingArea, stats: RunStats,
                      fingerprints: list[SourceFingerprint], show_progress: bool) -> None:
-    batches = ((batch, config.split) for batch in
+    batches = ((batch, config) for batch in
                _batches(_raw_stream(config, stats, fingerprints), config.batch_bytes))
-    with progress("read, clean, split", enabled=show_progress) as advance:
-        for result in ordered_map(clean_batch, batches, config.workers):
+    with progress("read, clean, filter, hash", enabled=show_progress) as advance:
+        for result in ordered_map(stage_batch, batches, config.workers):
             stats.clean.merge(result.stats)
             for item in result.skipped:
                 stats.skip(item, config.strict)
-            for split, doc_hash, doc in result.kept:
-                staging.add(split, doc, doc_hash)
+            for (split, doc_hash, doc, edited, reason), bands in zip(result.kept, result.bands, strict=True):
+                if reason is not None:
+                    stats.drop(reason, doc.id, doc.text)
+                staging.add(split, doc, edited, doc_hash, bands, passed=reason is None)
             advance(result.raw_bytes)
     staging.finish()
 
 
-def _check_sizes(config: PrepareConfig, staging: StagingArea, stats: RunStats) -> None:
+def _check_corpus(config: PrepareConfig, staging: StagingArea, stats: RunStats) -> None:
     kept = sum(staging.documents.values())
     names = ", ".join(s.path for s in config.sources)
     if kept == 0:
@@ -253,6 +310,16 @@ def _check_sizes(config: PrepareConfig, staging: StagingArea, stats: RunStats) -
         raise DataError(f"corpus too small for the requested splits: {kept} documents gave {counts}; "
                         f"{' and '.join(empty)} would be empty (add documents or change split.validation/"
                         "split.test)")
+
+
+def _check_selection(config: PrepareConfig, selection: Selection) -> None:
+    wanted = {"validation": config.split.validation, "test": config.split.test}
+    empty = [f"train variant {v!r}" for v, mask in selection.train.items() if not mask.any()]
+    empty += [s for s, mask in selection.held_out.items() if wanted[s] > 0 and not mask.any()]
+    if empty:
+        removed = "; ".join(f"{k} {v}" for k, v in selection.removed.items()) or "nothing removed"
+        raise DataError(f"no documents left for {', '.join(empty)} after filtering and deduplication "
+                        f"({removed}); relax the filters or add documents")
 
 
 def _train_tokenizer(config: PrepareConfig, staging: StagingArea, show_progress: bool) -> Tokenizer:
@@ -271,73 +338,131 @@ def _train_tokenizer(config: PrepareConfig, staging: StagingArea, show_progress:
 
 
 @dataclass
+class Output:
+    """One split directory being written, the staged documents it keeps, and which text it takes."""
+
+    writer: SplitWriter
+    mask: np.ndarray
+    clean_text: bool
+
+
+@dataclass
 class TokenizeTask:
     tokenizer_path: str
-    headers: list[dict[str, str]]
-    texts: list[str]
-    hashes: np.ndarray
-    sizes: list[int]
+    docs: list[StagedDoc]
+    indices: np.ndarray
+    texts: list[str] = field(default_factory=list)
 
 
 def tokenize_batch(task: TokenizeTask) -> tuple[TokenizeTask, list[np.ndarray]]:
     """Worker: token ids (with end-of-document) of each text."""
     tokens = load_cached(task.tokenizer_path).encode_docs(task.texts)
-    task.texts = []  # not sent back: the caller needs only the byte counts
+    task.texts = []  # not sent back: the caller still has the documents
     return task, tokens
 
 
-def _tokenize_tasks(split: SplitName, staging: StagingArea, order: np.ndarray, hashes: np.ndarray,
-                    tokenizer_path: Path, batch_bytes: int) -> Iterator[TokenizeTask]:
-    offsets = staging.offsets(split)
-    sizes = np.diff(offsets)[order]
+def _versions(doc: StagedDoc, index: int, outputs: list[Output]) -> list[bool]:
+    """Which texts of a document to tokenize, in a fixed order: the original (False), the edited one (True)."""
+    edited = doc.clean_text != doc.text
+    return sorted({output.clean_text and edited for output in outputs if output.mask[index]})
+
+
+def _tasks(split: SplitName, staging: StagingArea, order: np.ndarray, outputs: list[Output],
+           tokenizer_path: Path, batch_bytes: int) -> Iterator[TokenizeTask]:
+    """Batches of documents in shuffled order, each text that some output needs listed once."""
+    sizes = np.diff(staging.offsets(split))[order]
     start = 0
     while start < order.size:
         end = start + max(1, int(np.searchsorted(np.cumsum(sizes[start:start + 100_000]), batch_bytes)) + 1)
         indices = order[start:end]
-        records = staging.read(split, indices)
-        texts = [text for _, text in records]
-        yield TokenizeTask(str(tokenizer_path), [header for header, _ in records], texts, hashes[indices],
-                           [len(text.encode("utf-8")) for text in texts])
+        docs = staging.read(split, indices)
+        task = TokenizeTask(str(tokenizer_path), docs, indices)
+        for index, doc in zip(indices, docs, strict=True):
+            task.texts.extend(doc.clean_text if clean else doc.text for clean in _versions(doc, index, outputs))
+        yield task
         start = end
 
 
-def _write_split(split: SplitName, directory: Path, staging: StagingArea, tokenizer: Tokenizer,
-                 tokenizer_path: Path, config: PrepareConfig, show_progress: bool) -> dict[str, Any]:
-    hashes = staging.hashes(split)
+def _write_split(split: SplitName, staging: StagingArea, outputs: list[Output], tokenizer_path: Path,
+                 config: PrepareConfig, show_progress: bool) -> None:
+    union = np.logical_or.reduce([o.mask for o in outputs])
+    hashes, bands = staging.hashes(split), staging.bands(split)
     order = shuffle_order(hashes, config.shuffle_seed)
-    writer = SplitWriter(directory, tokenizer.dtype)
-    tasks = _tokenize_tasks(split, staging, order, hashes, tokenizer_path, config.batch_bytes)
-    with progress(f"tokenize {split}", total=staging.bytes[split], enabled=show_progress) as advance:
+    order = order[union[order]]
+    record_sizes = np.diff(staging.offsets(split))
+    total = int(record_sizes[order].sum())
+    tasks = _tasks(split, staging, order, outputs, tokenizer_path, config.batch_bytes)
+    with progress(f"tokenize {split}", total=total, enabled=show_progress) as advance:
         for task, tokens in ordered_map(tokenize_batch, tasks, config.workers):
-            for header, doc_tokens, doc_hash, n_bytes in zip(task.headers, tokens, task.hashes, task.sizes,
-                                                              strict=True):
-                writer.append(doc_tokens, n_bytes, int(doc_hash), header["id"], header["source"])
-            advance(sum(task.sizes))
-    return writer.close()
+            position = 0
+            for index, doc in zip(task.indices, task.docs, strict=True):
+                versions = _versions(doc, index, outputs)
+                encoded = dict(zip(versions, tokens[position:position + len(versions)], strict=True))
+                position += len(versions)
+                for output in outputs:
+                    if output.mask[index]:
+                        clean = output.clean_text and doc.clean_text != doc.text
+                        text = doc.clean_text if clean else doc.text
+                        output.writer.append(encoded[clean], len(text.encode("utf-8")), int(hashes[index]),
+                                             bands[index], doc.id, doc.source)
+            advance(int(record_sizes[task.indices].sum()))
+
+
+def _write_splits(tmp: Path, staging: StagingArea, selection: Selection, tokenizer: Tokenizer,
+                  config: PrepareConfig, show_progress: bool) -> dict[str, dict[str, Any]]:
+    """Write every train variant in one pass over the train split, then each held-out split."""
+    plan: dict[SplitName, dict[str, Output]] = {"train": {
+        f"train/{variant}": Output(SplitWriter(tmp / "train" / variant, tokenizer.dtype), mask,
+                                   clean_text=text_of(variant) == "clean")
+        for variant, mask in selection.train.items()}}
+    for split in HELD_OUT:
+        plan[split] = {split: Output(SplitWriter(tmp / split, tokenizer.dtype), selection.held_out[split],
+                                     clean_text=True)}
+    infos = {}
+    for split, outputs in plan.items():
+        _write_split(split, staging, list(outputs.values()), tmp / TOKENIZER, config, show_progress)
+        infos.update({name: output.writer.close() for name, output in outputs.items()})
+    return infos
+
+
+def _funnel(stats: RunStats, staging: StagingArea, selection: Selection) -> dict[str, Any]:
+    return {
+        "read": stats.read,
+        "skipped": dict(stats.skipped),
+        "cleaned": sum(staging.documents.values()),
+        "filtered": {reason: {"documents": n, "bytes": stats.filtered_bytes[reason]}
+                     for reason, n in stats.filtered.most_common()},
+        "staged": dict(staging.documents),
+        "removed": selection.removed,
+        "reference_matches": len(selection.reference_matches),
+    }
 
 
 def _manifest(config: PrepareConfig, stats: RunStats, fingerprints: list[SourceFingerprint],
-              tokenizer: Tokenizer, infos: dict[str, dict[str, Any]], tmp: Path) -> dict[str, Any]:
-    split_infos = {("train/" + TRAIN_VARIANT if s == "train" else s): infos[s] for s in SPLITS}
+              tokenizer: Tokenizer, infos: dict[str, dict[str, Any]], selection: Selection,
+              staging: StagingArea, tmp: Path) -> dict[str, Any]:
     return {
         "format": FORMAT_VERSION,
         "scalelab_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "fingerprint": store_fingerprint(tmp / TOKENIZER, split_infos),
+        "fingerprint": store_fingerprint(tmp / TOKENIZER, infos),
         "config_fingerprint": config.fingerprint(),
         "config": config.model_dump(mode="json"),
         "sources": [{"path": s.path, "type": resolve_type(s), "name": s.label, **f.summary()}
                     for s, f in zip(config.sources, fingerprints, strict=True)],
         "tokenizer": {"kind": config.tokenizer.kind, "vocab_size": tokenizer.vocab_size,
                       "eod_id": tokenizer.eod_id, "dtype": np.dtype(tokenizer.dtype).name},
+        "minhash": config.dedup.minhash.model_dump(mode="json") | {"description": config.dedup.minhash.describe()},
         "held_out": {s: infos[s] for s in HELD_OUT},
-        "train": {TRAIN_VARIANT: infos["train"]},
+        "train": {v: infos[f"train/{v}"] for v in config.variants},
+        "funnel": _funnel(stats, staging, selection),
         "stats": {
             "documents_read": stats.read,
             "bytes_read": stats.bytes_read,
-            "documents_kept": sum(infos[s]["documents"] for s in SPLITS),
+            "documents_cleaned": sum(staging.documents.values()),
             "skipped": dict(stats.skipped),
             "skipped_examples": stats.skipped_examples,
+            "filtered_examples": stats.filtered_examples,
             "invalid_bytes_replaced": stats.clean.invalid_bytes_replaced,
             "control_chars_removed": stats.clean.control_chars_removed,
             "nfc_changed": stats.clean.nfc_changed,

@@ -12,6 +12,7 @@ Each split directory holds flat little-endian arrays, memory-mapped on open:
     offsets.bin    int64, n_docs + 1 token offsets of document starts
     doc_bytes.bin  int64, UTF-8 bytes of each document's cleaned text (for bits per byte)
     doc_hash.bin   uint64, content hash of each document (see clean.content_hash)
+    lsh_bands.bin  uint64, n_docs x num_bands MinHash band hashes of each document (see dedup.py)
     docs.jsonl     {"id", "source"} of each document, in order
 
 Train documents are stored in a seeded shuffled order, so the first n tokens are a fair sample and every
@@ -108,6 +109,21 @@ class TokenSplit:
         return TokenSplit(self.name, self.tokens[:n_tokens], offsets, self.doc_bytes[:n_docs],
                           self.root_fingerprint, self.directory, is_subset=True)
 
+    def repeat(self, total_tokens: int) -> RepeatedTokens:
+        """This view's tokens cycled to `total_tokens`: D tokens from U = n_tokens unique ones, D/U epochs."""
+        if total_tokens < self.n_tokens:
+            raise DataError(f"a repetition needs at least the {self.n_tokens:,} unique tokens (got {total_tokens:,})")
+        return RepeatedTokens(self, total_tokens)
+
+    def doc_hashes(self) -> np.ndarray:
+        return _memmap(self.directory / "doc_hash.bin", np.uint64)[: self.n_docs]
+
+    def lsh_bands(self) -> np.ndarray:
+        """MinHash band hashes of the documents in this view, shape (n_docs, num_bands)."""
+        flat = _memmap(self.directory / "lsh_bands.bin", np.uint64)
+        n_total = _memmap(self.directory / "offsets.bin", np.int64).shape[0] - 1
+        return flat.reshape(n_total, -1)[: self.n_docs] if n_total else flat.reshape(0, 0)
+
     def documents(self) -> Iterator[np.ndarray]:
         """Each document's tokens (end-of-document token included), in stored order."""
         for start, end in zip(self.offsets[:-1], self.offsets[1:], strict=True):
@@ -117,6 +133,39 @@ class TokenSplit:
         """Ids and sources of the documents in this view, read from docs.jsonl."""
         with (self.directory / "docs.jsonl").open(encoding="utf-8") as handle:
             return [json.loads(line) for _, line in zip(range(self.n_docs), handle, strict=False)]
+
+
+@dataclass(frozen=True)
+class RepeatedTokens:
+    """A data-constrained view: the U unique tokens of `unique` repeated to D = n_tokens in total.
+
+    Nothing is copied; slicing wraps around. With U fixed, a shorter repetition is a prefix of a longer one.
+    """
+
+    unique: TokenSplit
+    n_tokens: int
+
+    @property
+    def unique_tokens(self) -> int:
+        return self.unique.n_tokens
+
+    @property
+    def epochs(self) -> float:
+        return self.n_tokens / self.unique_tokens
+
+    @property
+    def fingerprint(self) -> str:
+        return _digest(self.unique.fingerprint, "repeat", str(self.n_tokens))
+
+    def __len__(self) -> int:
+        return self.n_tokens
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        start, stop, step = index.indices(self.n_tokens)
+        if step != 1:
+            raise DataError("repeated tokens support contiguous slices only")
+        positions = np.arange(start, stop) % self.unique_tokens
+        return np.asarray(self.unique.tokens)[positions]
 
 
 class TokenStore:
@@ -170,6 +219,10 @@ class TokenStore:
         """The first n_tokens of a train variant's shuffled documents."""
         return self.train(variant).subset(n_tokens)
 
+    def repeated(self, unique_tokens: int, total_tokens: int, variant: str | None = None) -> RepeatedTokens:
+        """D = total_tokens drawn from the first U = unique_tokens of a train variant, repeated D/U times."""
+        return self.subset(unique_tokens, variant).repeat(total_tokens)
+
     def _open_split(self, name: str, info: dict[str, Any]) -> TokenSplit:
         directory = self.path / name
         dtype = np.dtype(self.manifest["tokenizer"]["dtype"])
@@ -197,6 +250,7 @@ class SplitWriter:
         self._offsets = (directory / "offsets.bin").open("wb")
         self._bytes = (directory / "doc_bytes.bin").open("wb")
         self._hashes = (directory / "doc_hash.bin").open("wb")
+        self._bands = (directory / "lsh_bands.bin").open("wb")
         self._docs = (directory / "docs.jsonl").open("w", encoding="utf-8")
         self._hasher = hashlib.blake2b(digest_size=16)
         self.n_tokens = 0
@@ -209,7 +263,8 @@ class SplitWriter:
         self._offsets.write(data)
         self._hasher.update(data)
 
-    def append(self, tokens: np.ndarray, n_bytes: int, doc_hash: int, doc_id: str, source: str) -> None:
+    def append(self, tokens: np.ndarray, n_bytes: int, doc_hash: int, bands: np.ndarray, doc_id: str,
+               source: str) -> None:
         data = tokens.astype(self.dtype, copy=False).tobytes()
         self._tokens.write(data)
         self._hasher.update(data)
@@ -219,10 +274,11 @@ class SplitWriter:
         self._write_offset()
         self._bytes.write(np.int64(n_bytes).tobytes())
         self._hashes.write(np.uint64(doc_hash).tobytes())
+        self._bands.write(bands.astype(np.uint64, copy=False).tobytes())
         self._docs.write(json.dumps({"id": doc_id, "source": source}, ensure_ascii=False) + "\n")
 
     def close(self) -> dict[str, Any]:
-        for handle in (self._tokens, self._offsets, self._bytes, self._hashes, self._docs):
+        for handle in (self._tokens, self._offsets, self._bytes, self._hashes, self._bands, self._docs):
             handle.close()
         return {
             "documents": self.n_docs,

@@ -80,6 +80,7 @@ def print_summary(manifest: dict[str, Any], path: Path) -> None:
 
     for table in summary_tables(manifest):
         console.print(table)
+    console.print(manifest["minhash"]["description"])
     console.print(f"dataset: [bold]{path}[/]  fingerprint {manifest['fingerprint']}")
 
 

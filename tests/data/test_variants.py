@@ -111,3 +111,11 @@ def test_filtered_variant_without_filters_is_a_config_error(tmp_path):
         validate(PrepareConfig, {"sources": [{"path": "stdlib"}], "out": "x", "variants": ["filtered"]})
     with pytest.raises(ConfigError, match="variants"):
         validate(PrepareConfig, {"sources": [{"path": "stdlib"}], "out": "x", "variants": ["raw", "raw"]})
+
+
+def test_reference_with_other_minhash_settings_is_refused(tmp_path):
+    corpus = write_mixed_corpus(tmp_path / "a", n_good=40, seed=6)
+    prepare(tiny_config(corpus, tmp_path / "ref", dedup={"minhash": {"ngram": 3}}), show_progress=False)
+    with pytest.raises(DataError, match="other MinHash settings"):
+        prepare(tiny_config(corpus, tmp_path / "ds", dedup={"reference": [str(tmp_path / "ref")]}),
+                show_progress=False)

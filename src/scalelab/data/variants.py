@@ -24,6 +24,7 @@ from scalelab.data.dedup import DedupConfig, LSHIndex, exact_labels, near_duplic
 from scalelab.data.split import HELD_OUT, SPLITS, SplitName, mix64_array
 from scalelab.data.staging import StagingArea
 from scalelab.data.store import TokenStore
+from scalelab.errors import DataError
 
 VariantName = Literal["raw", "filtered", "dedup", "filtered+dedup"]
 VARIANTS: tuple[VariantName, ...] = ("raw", "filtered", "dedup", "filtered+dedup")
@@ -112,6 +113,10 @@ def _reference_masks(staging: StagingArea, hashes, bands, config: DedupConfig):
     matches: list[dict[str, Any]] = []
     for path in config.reference:
         reference = TokenStore.open(path)
+        theirs = {k: v for k, v in reference.manifest["minhash"].items() if k != "description"}
+        if theirs != config.minhash.model_dump(mode="json"):
+            raise DataError(f"reference dataset {path} was hashed with other MinHash settings ({theirs}); "
+                            "its band hashes cannot be compared with these")
         views = [reference.split(name) for name in HELD_OUT] + [reference.train(v) for v in reference.variants]
         index = LSHIndex.build(np.concatenate([v.lsh_bands() for v in views]),
                                np.concatenate([v.doc_hashes() for v in views]))

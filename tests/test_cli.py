@@ -132,3 +132,44 @@ def test_variants_and_data_report(tmp_path):
     assert data["funnel"]["filtered"]
     assert_user_error(run_cli("prepare", str(corpus), "--out", str(tmp_path / "x"), "--variants", "filtered"),
                       "filtered variant needs quality filters")
+
+
+TINY_TRANSFORMER = ["--set", "transformer.size=custom", "--set", "transformer.d_model=32", "--set",
+                    "transformer.n_layers=1", "--set", "transformer.context_length=32", "--set", "steps=3",
+                    "--set", "batch_size=4", "--set", "eval_tokens=300", "--set", "num_threads=1", "-q"]
+
+
+def test_train_and_evaluate_every_family(prepared, tmp_path):
+    for family, size in (("ngram", "3"), ("lstm", "0.1M"), ("transformer", None)):
+        out = tmp_path / family
+        args = ["train", "--data", str(prepared.path), "--tokens", "4k", "--family", family, "--out", str(out)]
+        args += ["--size", size] if size else TINY_TRANSFORMER
+        if family == "lstm":
+            args += ["--set", "lstm.context_length=32", "--set", "steps=2", "-q"]
+        result = run_cli(*args)
+        assert result.returncode == 0, result.stderr
+        assert "bits/byte" in result.stdout and (out / "eval.json").is_file()
+        again = run_cli("evaluate", str(out), "--json")
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout)["bits_per_byte"] == pytest.approx(
+            json.loads((out / "eval.json").read_text())["eval"]["bits_per_byte"], rel=1e-6)
+
+
+def test_train_bad_input_is_one_line_exit_2(prepared, tmp_path):
+    data = ["--data", str(prepared.path)]
+    n = prepared.train().n_tokens
+    assert_user_error(run_cli("train", *data, "--tokens", "1000", "--family", "rnn"), "family")
+    assert_user_error(run_cli("train", *data, "--tokens", str(n + 1), "--family", "ngram",
+                              "--out", str(tmp_path / "a")), f"has only {n:,}")
+    assert_user_error(run_cli("train", *data, "--tokens", "1000", "--family", "transformer", "--size", "7M"),
+                      "transformer: unknown transformer size '7M'", "125M")
+    assert_user_error(run_cli("train", *data, "--tokens", "lots"), "not a token count")
+    assert_user_error(run_cli("train", "--data", str(tmp_path), "--tokens", "1000"), "not a prepared dataset")
+    out = tmp_path / "run"
+    ok = run_cli("train", *data, "--tokens", "4000", "--family", "transformer", "--out", str(out), *TINY_TRANSFORMER)
+    assert ok.returncode == 0, ok.stderr
+    latest = (out / "checkpoints" / "latest").read_text().strip()
+    (out / "checkpoints" / latest / "model.safetensors").write_bytes(b"not weights")
+    assert_user_error(run_cli("evaluate", str(out)), "unreadable weights")
+    assert_user_error(run_cli("train", *data, "--tokens", "5000", "--family", "transformer", "--out", str(out),
+                              *TINY_TRANSFORMER), "holds another run")

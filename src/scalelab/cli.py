@@ -144,6 +144,99 @@ def data_report(
         console.print(f"wrote {json_out}")
 
 
+def _train_config(data: Path | None, variant: str | None, tokens: str | None, family: str | None,
+                  size: str | None, regime: str | None, config: Path | None, overrides: list[str]) -> Any:
+    from scalelab import config as cfg
+    from scalelab.train.config import TrainConfig
+
+    merged = cfg.read_yaml(config) if config else {}
+    for key, value in (("data", str(data) if data else None), ("variant", variant), ("family", family),
+                       ("regime", regime), ("tokens", _parse_count(tokens) if tokens else None)):
+        if value is not None:
+            merged[key] = value
+    if size is not None:
+        chosen = merged.get("family", "transformer")
+        field, value = ("order", size) if chosen == "ngram" else ("size", size)
+        merged[chosen] = {**merged.get(chosen, {}), field: value}
+    return cfg.validate(TrainConfig, cfg.apply_overrides(merged, overrides), origin=str(config) if config else "config")
+
+
+def _parse_count(text: str) -> int:
+    """`2000000`, `2M`, `500k`, `1.5e6` -> an integer count."""
+    from scalelab.errors import ConfigError
+
+    units = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9}
+    raw = text.strip().lower().replace("_", "").replace(",", "")
+    try:
+        if raw and raw[-1] in units:
+            return int(float(raw[:-1]) * units[raw[-1]])
+        return int(float(raw))
+    except ValueError:
+        raise ConfigError(f"not a token count: {text!r} (try 2000000, 2M or 500k)") from None
+
+
+def print_eval(outcome: dict[str, Any], title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, header_style="bold")
+    for column in ("split", "tokens", "loss (nats/token)", "perplexity", "bits/byte"):
+        table.add_column(column, justify="right")
+    ev = outcome.get("eval", outcome)
+    table.add_row(ev["split"], f"{ev['tokens']:,}", f"{ev['nll']:.4f}", f"{ev['perplexity']:.2f}",
+                  f"{ev['bits_per_byte']:.4f}")
+    console.print(table)
+
+
+@app.command()
+def train(
+    data: Annotated[Path | None, typer.Option("--data", "-d", help="A prepared dataset directory.")] = None,
+    tokens: Annotated[str | None, typer.Option(
+        "--tokens", "-D", help="D: train on the first D tokens (2M, 500k).")] = None,
+    family: Annotated[str | None, typer.Option("--family", "-f", help="ngram, lstm or transformer.")] = None,
+    size: Annotated[str | None, typer.Option(
+        "--size", help="Model size preset (e.g. 1M, 10M); for ngram, the order (2-6).")] = None,
+    variant: Annotated[str | None, typer.Option("--variant", help="Train variant of the dataset.")] = None,
+    regime: Annotated[str | None, typer.Option("--regime", help="single-pass or converge.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Run directory [default: runs/FAMILY-SIZE-D].")] = None,
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Start over even if the run directory holds this run.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Train one model on D tokens of a dataset and evaluate it on the held-out split (resumes if interrupted)."""
+    from scalelab.train.run import train_run
+
+    resolved = _train_config(data, variant, tokens, family, size, regime, config, overrides or [])
+    model_size = resolved.ngram.order if resolved.family == "ngram" else resolved.model_config_for_family.size
+    run_dir = out or Path("runs") / f"{resolved.family}-{model_size}-{resolved.tokens}"
+    outcome = train_run(resolved, run_dir, force=force, show_progress=not quiet)
+    print_eval(outcome, f"{resolved.family} {model_size} on {resolved.tokens:,} tokens")
+    n = outcome.get("N")
+    console.print(f"run: [bold]{run_dir}[/]  id {outcome['run_id']}" + (f"  N = {n:,}" if n else "") +
+                  f"  {outcome['wall_seconds']:.1f} s")
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="A run directory written by `scalelab train`.")],
+    split: Annotated[str | None, typer.Option("--split", help="validation or test [default: the run's].")] = None,
+    eval_tokens: Annotated[str | None, typer.Option("--eval-tokens", help="Held-out token budget.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Re-score a trained run on a held-out split."""
+    import json
+
+    from scalelab.train.run import evaluate_run
+
+    outcome = evaluate_run(run, split, _parse_count(eval_tokens) if eval_tokens else None)
+    if json_out:
+        console.print_json(json.dumps(outcome))
+    else:
+        print_eval(outcome, f"evaluation of {run}")
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(

@@ -99,7 +99,7 @@ def describe_validation_error(exc: ValidationError) -> str:
     problems = []
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        message = err["msg"]
+        message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown field"
         elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):

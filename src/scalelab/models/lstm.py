@@ -1,0 +1,110 @@
+"""LSTM language model: embedding -> dropout -> stacked LSTM -> dropout -> output layer tied to the embedding.
+
+The recurrent baseline that Kaplan et al. (2020, Fig. 7) set against Transformers of equal non-embedding size N.
+Each training window of context_length tokens is read from a zero state, as a Transformer reads it, so the two
+families see the same context.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from scalelab.config import StrictModel
+
+
+class LSTMShape(NamedTuple):
+    n_layers: int
+    d_hidden: int
+    d_embed: int
+
+
+# Two layers up to 10M, then three and four, which keeps the widest at 2048; d_embed == d_hidden, so no projection.
+PRESETS: dict[str, LSTMShape] = {
+    name: LSTMShape(n_layers, d_hidden, d_hidden)
+    for name, (n_layers, d_hidden) in {
+        "0.1M": (2, 80),
+        "0.3M": (2, 128),
+        "1M": (2, 256),
+        "3M": (2, 448),
+        "10M": (2, 768),
+        "25M": (3, 1024),
+        "50M": (4, 1280),
+        "125M": (4, 2048),
+    }.items()
+}
+SHAPE_FIELDS = LSTMShape._fields
+
+
+class LSTMConfig(StrictModel):
+    """An LSTM's size, named by a preset or given field by field, and its regularisation."""
+
+    size: str = Field("1M", description=f"Preset named by its approximate non-embedding parameter count "
+                                        f"({', '.join(PRESETS)}), or 'custom' to set the shape fields.")
+    n_layers: int | None = Field(None, gt=0, description="custom: stacked LSTM layers.")
+    d_hidden: int | None = Field(None, gt=0, description="custom: hidden state width.")
+    d_embed: int | None = Field(None, gt=0, description="custom: embedding width (default: d_hidden); a different "
+                                                        "width adds a projection before the tied output layer.")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on the embeddings, between LSTM layers and "
+                                                            "before the output layer.")
+    context_length: int = Field(256, gt=0, description="Training window (truncated BPTT length); the state is not "
+                                                       "carried across windows.")
+
+    @model_validator(mode="after")
+    def _resolvable(self) -> LSTMConfig:
+        given = [name for name in SHAPE_FIELDS if getattr(self, name) is not None]
+        if self.size == "custom":
+            missing = [name for name in ("n_layers", "d_hidden") if getattr(self, name) is None]
+            if missing:
+                raise ValueError(f"size 'custom' needs {' and '.join(missing)}")
+        elif self.size not in PRESETS:
+            raise ValueError(f"unknown lstm size {self.size!r}; presets: {', '.join(PRESETS)}, or 'custom'")
+        elif given:
+            raise ValueError(f"{', '.join(given)} apply only with size 'custom'; preset {self.size!r} fixes the shape")
+        return self
+
+    @property
+    def shape(self) -> LSTMShape:
+        if self.size == "custom":
+            return LSTMShape(self.n_layers, self.d_hidden, self.d_embed or self.d_hidden)
+        return PRESETS[self.size]
+
+
+class LSTMLanguageModel(nn.Module):
+    def __init__(self, vocab_size: int, n_layers: int, d_hidden: int, d_embed: int, dropout: float):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, d_embed)
+        self.drop = nn.Dropout(dropout)
+        # nn.LSTM's own dropout acts between layers only (and warns when there is a single layer).
+        self.lstm = nn.LSTM(d_embed, d_hidden, n_layers, batch_first=True, dropout=dropout if n_layers > 1 else 0.0)
+        self.proj = nn.Linear(d_hidden, d_embed, bias=False) if d_hidden != d_embed else nn.Identity()
+        self.head = nn.Linear(d_embed, vocab_size, bias=False)
+        self.head.weight = self.embed.weight
+
+        # Tied, the embedding's scale is the initial logits' scale: nn.Embedding's N(0, 1) would start far from
+        # uniform predictions. This range is PyTorch's word_language_model example's.
+        nn.init.uniform_(self.embed.weight, -0.1, 0.1)
+        # Forget-gate bias 1, so gradients reach early tokens from the start (Jozefowicz et al. 2015).
+        # PyTorch stacks the gates as input, forget, cell, output.
+        for name, param in self.lstm.named_parameters():
+            if name.startswith("bias_ih"):
+                nn.init.ones_(param[d_hidden:2 * d_hidden])
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        x = self.drop(self.embed(input_ids))  # (B, T, E)
+        h, _ = self.lstm(x)  # (B, T, H), from a zero state
+        return self.head(self.proj(self.drop(h)))  # (B, T, V)
+
+    # Hugging Face's accessor names, so parameter accounting treats both families alike.
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.head
+
+
+def build_lstm(config: LSTMConfig, vocab_size: int) -> LSTMLanguageModel:
+    return LSTMLanguageModel(vocab_size, *config.shape, dropout=config.dropout)

@@ -1,0 +1,1 @@
+"""Training and evaluation: one run function for every model family, with exact resume."""

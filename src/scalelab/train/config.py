@@ -1,0 +1,97 @@
+"""The resolved description of one training run. Its hash (with the data subset's fingerprint) is the run's id."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from scalelab.config import StrictModel
+from scalelab.models.lstm import LSTMConfig
+from scalelab.models.ngram import NgramConfig
+from scalelab.models.registry import Family
+from scalelab.models.transformer import TransformerConfig
+from scalelab.train.schedule import ScheduleConfig
+
+Regime = Literal["single-pass", "converge"]
+
+
+class OptimConfig(StrictModel):
+    """AdamW with gradient clipping."""
+
+    lr: float = Field(3e-3, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.1, ge=0, description="Decoupled weight decay on matrices (not norms, biases).")
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    grad_clip: float = Field(1.0, ge=0, description="Clip the global gradient norm to this; 0 turns it off.")
+
+
+class TrainConfig(StrictModel):
+    """One run: a model family and size trained on D tokens of a dataset, evaluated on its held-out split."""
+
+    data: Path = Field(description="A prepared dataset directory.")
+    variant: str | None = Field(None, description="Train variant; default: the dataset's first.")
+    tokens: int = Field(gt=1, description="D: train on the first D tokens of the variant (a nested subset).")
+    unique_tokens: int | None = Field(None, gt=1, description="U: draw the D tokens by repeating the first U "
+                                                              "(D/U epochs of unique data), for data-constrained runs.")
+    family: Family = "transformer"
+    ngram: NgramConfig = Field(default_factory=NgramConfig)
+    lstm: LSTMConfig = Field(default_factory=LSTMConfig)
+    transformer: TransformerConfig = Field(default_factory=TransformerConfig)
+    regime: Regime = Field("single-pass", description="single-pass: see the D tokens once; converge: repeat "
+                                                      "them, stopping early when held-out loss stops improving.")
+    epochs: float | None = Field(None, gt=0, description="Duration in passes over the D tokens "
+                                                         "(default: 1, or max_epochs when converging).")
+    steps: int | None = Field(None, gt=0, description="Duration in optimizer steps (overrides epochs).")
+    train_tokens: int | None = Field(None, gt=0, description="Duration in tokens (overrides epochs).")
+    max_epochs: int = Field(20, gt=0, description="converge: upper bound on passes.")
+    patience: int = Field(2, ge=1, description="converge: evaluations without improvement before stopping.")
+    batch_size: int = Field(16, gt=0, description="Sequences per optimizer step (the global batch).")
+    micro_batch_size: int | None = Field(None, gt=0, description="Sequences per forward pass per process; "
+                                                                 "smaller values accumulate gradients.")
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    eval_every: int | None = Field(None, gt=0, description="Steps between evaluations (default: ~10 per run, "
+                                                           "or one per epoch when converging).")
+    eval_split: Literal["validation", "test"] = "validation"
+    eval_tokens: int | None = Field(None, gt=0, description="Score only the first whole held-out documents "
+                                                            "within this many tokens (always the same ones).")
+    eval_batch_size: int = Field(16, gt=0)
+    checkpoint_every: int | None = Field(None, gt=0, description="Steps between checkpoints "
+                                                                 "(default: at every evaluation).")
+    seed: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU.")
+    compile: bool = Field(False, description="torch.compile the model.")
+    deterministic: bool = Field(True, description="Deterministic kernels (CPU), so a resumed run matches exactly.")
+    num_threads: int | None = Field(None, gt=0, description="torch CPU threads for this run.")
+    tensorboard: bool = Field(False, description="Also log to TensorBoard (needs the tensorboard package).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.unique_tokens is not None and self.unique_tokens > self.tokens:
+            raise ValueError(f"unique_tokens ({self.unique_tokens}) cannot exceed tokens ({self.tokens})")
+        if self.micro_batch_size is not None and self.micro_batch_size > self.batch_size:
+            raise ValueError("micro_batch_size cannot exceed batch_size")
+        return self
+
+    @property
+    def model_config_for_family(self) -> StrictModel:
+        return getattr(self, self.family)
+
+    def identity(self) -> dict:
+        """The fields that decide the result: everything but where it runs and how it is logged."""
+        ignore = {"device", "num_threads", "tensorboard", "data", "ngram", "lstm", "transformer"}
+        content = self.model_dump(mode="json", exclude=ignore)
+        if self.family == "ngram":  # counting has no optimizer, schedule or batches
+            content = {k: content[k] for k in ("variant", "tokens", "unique_tokens", "family", "eval_split",
+                                               "eval_tokens")}
+        content["model"] = self.model_config_for_family.model_dump(mode="json")
+        return content
+
+    def run_id(self, data_fingerprint: str) -> str:
+        blob = json.dumps({"config": self.identity(), "data": data_fingerprint}, sort_keys=True)
+        return hashlib.blake2b(blob.encode(), digest_size=8).hexdigest()

@@ -1,0 +1,155 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from scalelab.train.config import TrainConfig
+from scalelab.train.run import evaluate_run, train_run
+from scalelab.train.trainer import TrainingError
+
+GOLDEN = Path(__file__).parent.parent / "golden" / "train_losses.json"
+TINY = {
+    "transformer": {"size": "custom", "d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64, "context_length": 32},
+    "lstm": {"size": "custom", "n_layers": 1, "d_hidden": 32, "d_embed": 32, "context_length": 32, "dropout": 0.1},
+}
+
+
+def tiny(prepared, family, **kwargs) -> TrainConfig:
+    base = {"data": str(prepared.path), "tokens": 6000, "family": family, family: TINY.get(family, {}),
+            "batch_size": 4, "steps": 8, "eval_tokens": 2000, "num_threads": 1, "seed": 0}
+    base.update(kwargs)
+    return TrainConfig.model_validate(base)
+
+
+def losses(run_dir: Path) -> list[float]:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [line["loss"] for line in lines if "loss" in line]
+
+
+@pytest.mark.parametrize("family", ["transformer", "lstm"])
+def test_golden_per_step_losses(prepared, tmp_path, family):
+    train_run(tiny(prepared, family), tmp_path / family, show_progress=False)
+    got = losses(tmp_path / family)
+    if os.environ.get("SCALELAB_UPDATE_GOLDEN"):
+        golden = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
+        golden[family] = got
+        GOLDEN.write_text(json.dumps(golden, indent=2) + "\n")
+    expected = json.loads(GOLDEN.read_text())[family]
+    # Same seed, data and deterministic kernels: the same losses. The tolerance only absorbs float
+    # differences between CPU instruction sets (CI may run on another x86 model than the one that wrote them).
+    assert got == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert got[-1] < got[0]
+
+
+def test_run_result_and_rerun_reuses_it(prepared, tmp_path):
+    config = tiny(prepared, "transformer")
+    first = train_run(config, tmp_path / "run", show_progress=False)
+    for key in ("eval", "N", "flops", "tokens_seen", "run_id", "D", "U", "wall_seconds"):
+        assert key in first
+    assert first["eval"]["split"] == "validation" and first["eval"]["bits_per_byte"] > 0
+    assert first["tokens_seen"] == 8 * 4 * 32
+    assert first["flops"] > 6 * first["N"] * first["tokens_seen"]  # plus the attention term
+    again = train_run(config, tmp_path / "run", show_progress=False)
+    assert again == first
+    rescored = evaluate_run(tmp_path / "run")
+    assert rescored["nll"] == pytest.approx(first["eval"]["nll"], rel=1e-6)
+
+
+def test_converge_keeps_the_best_checkpoint(prepared, tmp_path):
+    config = tiny(prepared, "lstm", tokens=1000, regime="converge", steps=None, max_epochs=30, patience=2,
+                  optim={"lr": 0.05}, schedule={"kind": "constant", "warmup_fraction": 0.0})
+    outcome = train_run(config, tmp_path / "run", show_progress=False)
+    evals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+             if "eval" in line]
+    best = min(evals, key=lambda e: e["eval"]["nll"])
+    assert outcome["best_step"] == best["step"]
+    assert outcome["eval"]["nll"] == pytest.approx(best["eval"]["nll"], rel=1e-6)
+    assert outcome["epochs"] > 1
+
+
+def test_ngram_run(prepared, tmp_path):
+    config = tiny(prepared, "ngram", ngram={"order": 3})
+    outcome = train_run(config, tmp_path / "run", show_progress=False)
+    assert outcome["eval"]["nll"] < torch.log(torch.tensor(float(prepared.tokenizer.vocab_size))).item()
+    assert evaluate_run(tmp_path / "run")["nll"] == pytest.approx(outcome["eval"]["nll"])
+
+
+def test_repeated_data_run(prepared, tmp_path):
+    outcome = train_run(tiny(prepared, "transformer", tokens=4000, unique_tokens=1000, steps=None),
+                        tmp_path / "run", show_progress=False)
+    assert outcome["U"] == 1000 and outcome["D"] == 4000
+    assert outcome["epochs"] == pytest.approx(1.0, abs=0.05)  # one pass over the D repeated tokens
+
+
+def test_nan_loss_stops_with_a_clear_error(prepared, tmp_path, monkeypatch):
+    import scalelab.models.registry as registry
+
+    real = registry.logits
+    calls = []
+
+    def poisoned(model, ids):
+        out = real(model, ids)
+        if model.training:
+            calls.append(1)
+        return out * float("nan") if len(calls) > 3 and model.training else out
+
+    monkeypatch.setattr(registry, "logits", poisoned)
+    with pytest.raises(TrainingError, match="loss became nan at step 4; last good checkpoint"):
+        train_run(tiny(prepared, "transformer", checkpoint_every=2, eval_every=2), tmp_path / "run",
+                  show_progress=False)
+    assert (tmp_path / "run" / "checkpoints" / "step-00000002" / "state.json").is_file()
+
+
+def _train_cli(prepared, run_dir: Path, steps: int, dropout: float = 0.1) -> list[str]:
+    sets = [f"transformer.{k}={v}" for k, v in TINY["transformer"].items()]
+    sets[-1] = "transformer.context_length=64"
+    args = [sys.executable, "-m", "scalelab", "train", "--data", str(prepared.path), "--tokens", "20000",
+            "--family", "transformer", "--out", str(run_dir), "-q", "--set", f"steps={steps}", "--set",
+            "batch_size=8", "--set", "eval_tokens=500", "--set", "checkpoint_every=3", "--set", "eval_every=5",
+            "--set", "num_threads=1", "--set", f"transformer.dropout={dropout}"]
+    for item in sets:
+        args += ["--set", item]
+    return args
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(prepared, tmp_path):
+    steps = 120
+    whole = subprocess.run(_train_cli(prepared, tmp_path / "whole", steps), capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr
+    killed_dir = tmp_path / "killed"
+    process = subprocess.Popen(_train_cli(prepared, killed_dir, steps), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    pointer = killed_dir / "checkpoints" / "latest"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if pointer.exists() and pointer.read_text().strip() >= "step-00000009":
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed_dir / "eval.json").exists(), "the run finished before it could be killed"
+    resumed = subprocess.run(_train_cli(prepared, killed_dir, steps), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert losses(killed_dir) == losses(tmp_path / "whole")  # exactly, step for step
+    assert json.loads((killed_dir / "eval.json").read_text())["eval"] == \
+        json.loads((tmp_path / "whole" / "eval.json").read_text())["eval"]
+
+
+def test_ddp_two_processes_match_one(prepared, tmp_path):
+    # No dropout: its masks come from per-process RNG streams, which differ between one and two processes.
+    single = subprocess.run(_train_cli(prepared, tmp_path / "single", 6, dropout=0.0), capture_output=True,
+                            text=True)
+    assert single.returncode == 0, single.stderr
+    args = _train_cli(prepared, tmp_path / "ddp", 6, dropout=0.0)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    ddp = subprocess.run(launcher + args[1:], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert losses(tmp_path / "ddp") == pytest.approx(losses(tmp_path / "single"), rel=1e-5)
+    assert json.loads((tmp_path / "ddp" / "eval.json").read_text())["world_size"] == 2

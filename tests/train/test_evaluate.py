@@ -33,10 +33,11 @@ def test_eval_set_is_whole_documents_behind_an_eod(prepared):
     view = prepared.split("validation")
     assert full.stream[0] == prepared.tokenizer.eod_id
     assert full.n_targets == view.n_tokens and full.n_bytes == int(view.doc_bytes.sum())
-    budget = int(view.offsets[2]) + 3
+    budget = int(view.offsets[2]) - 3
     part = eval_set(prepared, "validation", max_tokens=budget)
     assert part.n_docs == 2 and part.n_targets == int(view.offsets[2])
     assert part.n_bytes == int(view.doc_bytes[:2].sum())
+    assert eval_set(prepared, "validation", max_tokens=int(view.offsets[2])).n_docs == 2
     assert eval_set(prepared, "validation", max_tokens=1).n_docs == 1
 
 

@@ -54,11 +54,12 @@ class TrainConfig(StrictModel):
                                                                  "smaller values accumulate gradients.")
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    eval_every: int | None = Field(None, gt=0, description="Steps between evaluations (default: ~10 per run, "
+    eval_every: int | None = Field(None, gt=0, description="Steps between evaluations (default: ~5 per run, "
                                                            "or one per epoch when converging).")
     eval_split: Literal["validation", "test"] = "validation"
-    eval_tokens: int | None = Field(None, gt=0, description="Score only the first whole held-out documents "
-                                                            "within this many tokens (always the same ones).")
+    eval_tokens: int | None = Field(None, gt=0, description="Score only the fewest first whole held-out "
+                                                            "documents holding this many tokens (always the "
+                                                            "same ones).")
     eval_batch_size: int = Field(16, gt=0)
     checkpoint_every: int | None = Field(None, gt=0, description="Steps between checkpoints "
                                                                  "(default: at every evaluation).")

@@ -1,6 +1,7 @@
 """One evaluation for every family, on the dataset's fixed held-out split.
 
-The held-out documents (all, or the first whole documents within a token budget — always the same ones) are
+The held-out documents (all, or the fewest first whole documents holding at least a token budget — always the
+same ones) are
 scored as one stream behind a leading end-of-document token, so every held-out token, each document's closing
 end-of-document token included, is predicted exactly once:
 - n-gram: from the previous order - 1 tokens of the stream;
@@ -53,8 +54,8 @@ def eval_set(store: TokenStore, split: str = "validation", max_tokens: int | Non
         raise DataError(f"{store.path} has an empty {split} split: nothing to evaluate on")
     n_docs = view.n_docs
     if max_tokens is not None and max_tokens < view.n_tokens:
-        # Whole documents only, so the byte count is exact; at least one document.
-        n_docs = max(1, int(np.searchsorted(view.offsets, max_tokens, side="right")) - 1)
+        # Whole documents only, so the byte count is exact: the fewest that reach the budget.
+        n_docs = int(np.searchsorted(view.offsets, max_tokens, side="left"))
     end = int(view.offsets[n_docs])
     stream = np.concatenate([[store.tokenizer.eod_id], np.asarray(view.tokens[:end], dtype=np.int64)])
     return EvalSet(stream, int(np.asarray(view.doc_bytes[:n_docs]).sum()), n_docs, split)

@@ -69,7 +69,7 @@ class Trainer:
         self.state = TrainState()
         self.total_steps = total_steps(config, batches)
         self.eval_every = config.eval_every or (
-            batches.steps_per_epoch if config.regime == "converge" else max(1, self.total_steps // 10))
+            batches.steps_per_epoch if config.regime == "converge" else max(1, self.total_steps // 5))
         self.checkpoint_every = config.checkpoint_every or self.eval_every
         self.ddp = (DistributedDataParallel(model) if dist.enabled else None)
         self.last_eval: EvalResult | None = None

@@ -153,3 +153,11 @@ def test_ddp_two_processes_match_one(prepared, tmp_path):
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert losses(tmp_path / "ddp") == pytest.approx(losses(tmp_path / "single"), rel=1e-5)
     assert json.loads((tmp_path / "ddp" / "eval.json").read_text())["world_size"] == 2
+
+
+def test_gradient_accumulation_matches_one_big_batch(prepared, tmp_path):
+    whole = train_run(tiny(prepared, "transformer", steps=4), tmp_path / "whole", show_progress=False)
+    split = train_run(tiny(prepared, "transformer", steps=4, micro_batch_size=1), tmp_path / "split",
+                      show_progress=False)
+    assert losses(tmp_path / "split") == pytest.approx(losses(tmp_path / "whole"), rel=1e-5)
+    assert split["eval"]["nll"] == pytest.approx(whole["eval"]["nll"], rel=1e-5)

@@ -237,6 +237,113 @@ def evaluate(
         print_eval(outcome, f"evaluation of {run}")
 
 
+study_app = typer.Typer(help="Declarative data-scaling studies: plan, run (resumable), status, export.",
+                        no_args_is_help=True)
+app.add_typer(study_app, name="study")
+StudyArgument = Annotated[Path, typer.Argument(help="A study spec (YAML).")]
+StudyTarget = Annotated[Path, typer.Argument(help="A study spec (YAML) or a study directory.")]
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+@study_app.command("plan")
+def study_plan(
+    spec_path: StudyArgument,
+    overrides: SetOption = None,
+    probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Time a few steps per model to estimate "
+                                                                   "wall time.")] = True,
+) -> None:
+    """Print the runs a study implies, with tokens, FLOPs and estimated time. Trains nothing."""
+    from rich.table import Table
+
+    from scalelab.study.api import load_spec, plan_study
+
+    spec = load_spec(spec_path, overrides or [])
+    runs = plan_study(spec, probe=probe)
+    table = Table(title=f"study {spec.name}: {len(runs)} runs", header_style="bold")
+    for column in ("family", "size", "variant", "D", "U", "seed", "lr", "batch", "train tokens", "FLOPs",
+                   "est. time", "run id"):
+        table.add_column(column, justify="left" if column in ("family", "variant", "run id") else "right")
+    for run in runs:
+        neural = run.family != "ngram"
+        table.add_row(run.family, run.size, run.variant, f"{run.D:,}", f"{run.U:,}", str(run.seed),
+                      f"{run.config.optim.lr:.2g}" if neural else "-", str(run.config.batch_size) if neural else "-",
+                      f"{run.train_tokens:,}", f"{run.flops:.2e}" if neural else "-", _duration(run.seconds),
+                      run.run_id[:8])
+    console.print(table)
+    total = sum(r.seconds or 0 for r in runs)
+    workers = spec.resources.workers
+    console.print(f"estimated: {_duration(total)} of single-run time, about {_duration(total / workers)} with "
+                  f"{workers} worker{'s' if workers > 1 else ''}; results go to {spec.directory}")
+
+
+@study_app.command("run")
+def study_run(
+    spec_path: StudyArgument,
+    overrides: SetOption = None,
+    workers: Annotated[int | None, typer.Option("--workers", "-w", help="Runs at once (local backend).")] = None,
+    backend: Annotated[str | None, typer.Option("--backend", help="local or ray.")] = None,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run failed runs again.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Run what the study is missing; finished runs are never repeated, interrupted ones resume."""
+    from scalelab.study.api import load_spec, run_study
+
+    if backend not in (None, "local", "ray"):
+        from scalelab.errors import ConfigError
+
+        raise ConfigError(f"--backend must be local or ray (got {backend!r})")
+    spec = load_spec(spec_path, overrides or [])
+    counts = run_study(spec, workers=workers, backend=backend, retry_failed=retry_failed, show_progress=not quiet)
+    console.print(", ".join(f"{n} {status}" for status, n in counts.items()) + f"  ({spec.directory})")
+    if counts.get("failed"):
+        console.print("see `scalelab study status` for the errors; --retry-failed runs them again")
+
+
+@study_app.command("status")
+def study_status(target: StudyTarget) -> None:
+    """Runs done, running, pending and failed; time spent and left."""
+    from rich.table import Table
+
+    from scalelab.study.api import status
+
+    info = status(target)
+    table = Table(title=f"{info['total']} runs", header_style="bold")
+    for column in ("done", "running", "pending", "failed", "time spent", "time left (est., one worker)"):
+        table.add_column(column, justify="right")
+    counts = info["counts"]
+    table.add_row(*(str(counts.get(s, 0)) for s in ("done", "running", "pending", "failed")),
+                  _duration(info["seconds_spent"]), _duration(info["seconds_left_estimate"]))
+    console.print(table)
+    for family, size, variant, d, error in info["failed"]:
+        console.print(f"[red]failed[/] {family} {size} {variant} D={d:,}: {' '.join(error)}")
+
+
+@study_app.command("export")
+def study_export(
+    target: StudyTarget,
+    fmt: Annotated[str, typer.Option("--format", help="csv or parquet.")] = "csv",
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="File to write [default: STUDY_DIR/results.FORMAT].")] = None,
+) -> None:
+    """Write one row per run (config, status, metrics) as CSV or Parquet."""
+    from scalelab.errors import ConfigError
+    from scalelab.study.api import open_results, study_directory
+
+    if fmt not in ("csv", "parquet"):
+        raise ConfigError(f"--format must be csv or parquet (got {fmt!r})")
+    path = out or study_directory(target) / f"results.{fmt}"
+    with open_results(target) as store:
+        store.export(path, fmt)
+    console.print(f"wrote {path}")
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(

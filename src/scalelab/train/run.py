@@ -98,7 +98,7 @@ def _claim_run_dir(run_dir: Path, config: TrainConfig, run_id: str, data_fingerp
             raise ConfigError(f"{run_dir} holds another run ({recorded.get('run_id')}); choose another --out "
                               "or pass --force to start over")
         return
-    if run_dir.exists() and any(run_dir.iterdir()) and not force:
+    if run_dir.exists() and any(not p.name.startswith(".") for p in run_dir.iterdir()) and not force:
         raise ConfigError(f"{run_dir} exists and is not a scalelab run; choose another --out")
     if force:
         for name in (EVAL, METRICS):

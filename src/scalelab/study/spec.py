@@ -1,0 +1,123 @@
+"""A data-scaling study, declared once: which data, which variants, which model families and sizes, which data
+sizes, how many seeds, how to train and evaluate, and with what resources."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from scalelab.config import StrictModel
+from scalelab.data.pipeline import PrepareConfig
+from scalelab.models.registry import Family, presets
+from scalelab.train.config import Regime
+
+Backend = Literal["local", "ray"]
+
+
+class DatasetSpec(StrictModel):
+    """A prepared dataset, or a prepare config to build it first (reused when already built)."""
+
+    path: Path | None = Field(None, description="A prepared dataset directory.")
+    prepare: PrepareConfig | None = Field(None, description="Prepare this first; its `out` is the dataset.")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> DatasetSpec:
+        if (self.path is None) == (self.prepare is None):
+            raise ValueError("give exactly one of dataset.path and dataset.prepare")
+        return self
+
+    @property
+    def directory(self) -> Path:
+        return self.path if self.path is not None else self.prepare.out
+
+
+class GeometricGrid(StrictModel):
+    """Data sizes from `from_` to `to` (inclusive, when on the grid), `per_doubling` points per doubling."""
+
+    from_: int = Field(alias="from", gt=1)
+    to: int = Field(gt=1)
+    per_doubling: float = Field(1.0, gt=0, le=8)
+
+    model_config = {**StrictModel.model_config, "populate_by_name": True}
+
+    @model_validator(mode="after")
+    def _ordered(self) -> GeometricGrid:
+        if self.to < self.from_:
+            raise ValueError(f"`to` ({self.to}) is below `from` ({self.from_})")
+        return self
+
+    def sizes(self) -> list[int]:
+        steps = int(math.floor(math.log2(self.to / self.from_) * self.per_doubling + 1e-9))
+        return sorted({round(self.from_ * 2 ** (k / self.per_doubling)) for k in range(steps + 1)})
+
+
+class FamilySpec(StrictModel):
+    """Sizes of one model family, and training settings that apply to it alone."""
+
+    sizes: list[str] = Field(min_length=1, description="Size presets (n-gram: orders).")
+    variants: list[str] | None = Field(None, description="Train variants for this family (default: the study's).")
+    train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields for this family "
+                                                                    "(override the ladder), e.g. optim.lr.")
+
+    @field_validator("sizes", mode="before")
+    @classmethod
+    def _as_strings(cls, value: Any) -> Any:
+        return [str(v) for v in value] if isinstance(value, list) else value
+
+
+class Resources(StrictModel):
+    workers: int = Field(1, ge=1, description="Runs at once on this machine (local backend).")
+    threads_per_run: int | None = Field(None, ge=1, description="torch CPU threads per run "
+                                                                "(default: cores / workers).")
+    backend: Backend = "local"
+    ray_address: str | None = Field(None, description="Ray cluster address; default: start a local Ray.")
+    num_cpus: float = Field(1, gt=0, description="Ray: CPUs a run asks for.")
+    num_gpus: float = Field(0, ge=0, description="Ray: GPUs a run asks for.")
+
+
+class StudySpec(StrictModel):
+    """Everything `scalelab study` needs: plan, run, inspect."""
+
+    name: str = Field(description="Names the study directory under `out`.")
+    out: Path = Field(Path("studies-out"), description="Where study directories live.")
+    dataset: DatasetSpec
+    variants: list[str] = Field(default_factory=lambda: ["raw"], min_length=1, description="Train variants.")
+    families: dict[Family, FamilySpec] = Field(min_length=1, description="Model families and their sizes.")
+    data_sizes: list[int] | GeometricGrid = Field(description="D values: a list, or {from, to, per_doubling}.")
+    unique_tokens: list[int] | None = Field(None, description="Data-constrained runs: for each U here and each "
+                                                              "D >= U, D tokens drawn by repeating the first U.")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    regime: Regime = "single-pass"
+    eval_tokens: int | None = Field(50_000, gt=0, description="Held-out token budget per evaluation.")
+    eval_split: Literal["validation", "test"] = "validation"
+    train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields for every run.")
+    resources: Resources = Field(default_factory=Resources)
+
+    @field_validator("data_sizes")
+    @classmethod
+    def _non_empty_grid(cls, value: list[int] | GeometricGrid) -> list[int] | GeometricGrid:
+        sizes = value if isinstance(value, list) else value.sizes()
+        if not sizes:
+            raise ValueError("the data-size grid is empty")
+        if any(d < 2 for d in sizes):
+            raise ValueError("data sizes must be at least 2 tokens")
+        return value
+
+    @model_validator(mode="after")
+    def _known_sizes(self) -> StudySpec:
+        for family, spec in self.families.items():
+            known = presets(family)
+            unknown = [s for s in spec.sizes if s not in known]
+            if unknown:
+                raise ValueError(f"families.{family}.sizes: unknown {unknown}; presets: {', '.join(known)}")
+        return self
+
+    @property
+    def directory(self) -> Path:
+        return self.out / self.name
+
+    def grid(self) -> list[int]:
+        return sorted(set(self.data_sizes if isinstance(self.data_sizes, list) else self.data_sizes.sizes()))

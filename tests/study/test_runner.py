@@ -1,0 +1,127 @@
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scalelab.study.api import load_results, load_spec, run_study
+from scalelab.study.results import ResultsStore
+from tests.conftest import run_cli
+from tests.test_cli import assert_user_error
+
+
+def write_spec(tmp_path: Path, prepared, name="s", **kwargs) -> Path:
+    spec = {"name": name, "out": str(tmp_path / "out"), "dataset": {"path": str(prepared.path)},
+            "families": {"ngram": {"sizes": [2, 3]}, "transformer": {"sizes": ["0.1M"]}},
+            "data_sizes": [1500, 3000], "eval_tokens": 400,
+            "train": {"transformer": {"context_length": 32}, "eval_batch_size": 64}, "resources": {"workers": 2}}
+    spec.update(kwargs)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def store_of(path: Path) -> ResultsStore:
+    return ResultsStore(load_spec(path).directory / "results.sqlite")
+
+
+def test_study_run_status_export_and_rerun(prepared, tmp_path):
+    path = write_spec(tmp_path, prepared)
+    plan = run_cli("study", "plan", str(path))
+    assert plan.returncode == 0, plan.stderr
+    assert "6 runs" in plan.stdout and "estimated:" in plan.stdout
+    assert not (tmp_path / "out").exists()
+    result = run_cli("study", "run", str(path), "-q")
+    assert result.returncode == 0, result.stderr
+    assert "6 done" in result.stdout
+    with store_of(path) as store:
+        assert {r.attempts for r in store.records()} == {1}
+        stamps = {r.id: r.finished_at for r in store.records()}
+    again = run_cli("study", "run", str(path), "-q")
+    assert again.returncode == 0 and "6 done" in again.stdout
+    with store_of(path) as store:
+        assert {r.id: r.finished_at for r in store.records()} == stamps  # nothing was repeated
+    status = run_cli("study", "status", str(path))
+    assert status.returncode == 0 and "6 runs" in status.stdout
+    export = run_cli("study", "export", str(tmp_path / "out" / "s"), "--format", "csv")
+    assert export.returncode == 0, export.stderr
+    frame = load_results(tmp_path / "out" / "s")
+    assert len(frame) == 6 and frame["bits_per_byte"].notna().all()
+    assert set(frame["family"]) == {"ngram", "transformer"}
+    assert (tmp_path / "out" / "s" / "results.csv").is_file()
+
+
+def test_failure_is_recorded_and_the_study_goes_on(prepared, tmp_path):
+    path = write_spec(tmp_path, prepared, families={"ngram": {"sizes": [2]},
+                                                    "transformer": {"sizes": ["0.1M"],
+                                                                    "train": {"optim": {"lr": 1e30}}}},
+                      data_sizes=[3000])
+    counts = run_study(load_spec(path), workers=1, show_progress=False)
+    assert counts["done"] == 1 and counts["failed"] == 1
+    with store_of(path) as store:
+        failed = store.records(status="failed")[0]
+    assert "TrainingError" in failed.error and failed.family == "transformer"
+    status = run_cli("study", "status", str(path))
+    assert "failed" in status.stdout and "loss became" in status.stdout
+    counts = run_study(load_spec(path), workers=1, retry_failed=True, show_progress=False)
+    with store_of(path) as store:
+        assert store.records(status="failed")[0].attempts == 2
+
+
+def test_sigkill_of_the_runner_loses_nothing(prepared, tmp_path):
+    path = write_spec(tmp_path, prepared, families={"transformer": {"sizes": ["0.1M"]}},
+                      data_sizes=[6000, 12000, 24000], resources={"workers": 1},
+                      train={"transformer": {"context_length": 32}, "checkpoint_every": 2, "eval_every": 50,
+                             "batch_size": 4})
+    args = [sys.executable, "-m", "scalelab", "study", "run", str(path), "-q"]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    database = tmp_path / "out" / "s" / "results.sqlite"
+    deadline = time.time() + 180
+    killed_while_running = False
+    while time.time() < deadline and process.poll() is None:
+        if database.exists():
+            with ResultsStore(database) as store:
+                counts = store.counts()
+                running = store.records(status="running")
+            runs = load_spec(path).directory / "runs"
+            # Kill once a run is done and another is mid-way, with a checkpoint to resume from.
+            if counts["done"] >= 1 and any((runs / r.id / "checkpoints" / "latest").exists() for r in running):
+                process.send_signal(signal.SIGKILL)
+                killed_while_running = True
+                break
+        time.sleep(0.05)
+    process.wait()
+    assert killed_while_running, "the study finished before it could be killed"
+    result = run_cli("study", "run", str(path), "-q")
+    assert result.returncode == 0, result.stderr
+    with store_of(path) as store:
+        records = store.records()
+    assert len(records) == 3 and {r.status for r in records} == {"done"}
+    assert sorted(r.attempts for r in records)[-1] == 2  # the interrupted run was claimed again, and resumed
+    resumed = max(records, key=lambda r: r.attempts)
+    metrics = (load_spec(path).directory / "runs" / resumed.id / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in metrics if '"loss"' in line]
+    assert steps == list(range(1, len(steps) + 1))  # one line per step: nothing lost, nothing doubled
+
+
+def test_ray_backend_runs_a_tiny_study(prepared, tmp_path):
+    pytest.importorskip("ray")
+    path = write_spec(tmp_path, prepared, families={"ngram": {"sizes": [2]}}, data_sizes=[1500, 3000],
+                      resources={"backend": "ray", "num_cpus": 1})
+    result = run_cli("study", "run", str(path), "-q")
+    assert result.returncode == 0, result.stderr
+    assert "2 done" in result.stdout
+
+
+def test_invalid_specs_end_in_one_line(prepared, tmp_path):
+    bad = write_spec(tmp_path, prepared, name="bad", families={"rnn": {"sizes": ["1M"]}})
+    assert_user_error(run_cli("study", "plan", str(bad), "--no-probe"), "families.rnn")
+    typo = write_spec(tmp_path, prepared, name="typo", seedz=[1])
+    assert_user_error(run_cli("study", "run", str(typo)), "seedz: unknown field")
+    big = write_spec(tmp_path, prepared, name="big", data_sizes=[10**9])
+    assert_user_error(run_cli("study", "run", str(big)), "data_sizes")
+    assert_user_error(run_cli("study", "status", str(tmp_path)), "no study results")

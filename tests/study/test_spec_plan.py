@@ -1,0 +1,99 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scalelab.config import validate
+from scalelab.errors import ConfigError
+from scalelab.study.api import load_spec
+from scalelab.study.ladder import batch_size, learning_rate
+from scalelab.study.plan import plan
+from scalelab.study.spec import GeometricGrid, StudySpec
+
+STUDIES = Path(__file__).parent.parent.parent / "studies"
+
+
+def spec_dict(prepared, **kwargs):
+    base = {"name": "t", "dataset": {"path": str(prepared.path)},
+            "families": {"ngram": {"sizes": [3]}, "transformer": {"sizes": ["0.1M"]}},
+            "data_sizes": [1000, 4000], "eval_tokens": 500}
+    base.update(kwargs)
+    return base
+
+
+def test_geometric_grid():
+    assert GeometricGrid.model_validate({"from": 1000, "to": 8000}).sizes() == [1000, 2000, 4000, 8000]
+    assert GeometricGrid.model_validate({"from": 1000, "to": 4000, "per_doubling": 2}).sizes() == \
+        [1000, 1414, 2000, 2828, 4000]
+    assert GeometricGrid.model_validate({"from": 1000, "to": 7000}).sizes()[-1] == 4000
+
+
+def test_every_shipped_preset_loads():
+    presets = sorted(STUDIES.glob("*.yaml"))
+    assert {p.name for p in presets} >= {"demo.yaml", "gpu.yaml"}
+    for path in presets:
+        spec = load_spec(path)
+        assert spec.grid() and spec.families
+    demo = load_spec(STUDIES / "demo.yaml")
+    assert len(demo.grid()) >= 6 and demo.grid()[-1] / demo.grid()[0] >= 100
+    assert set(demo.families) == {"ngram", "lstm", "transformer"}
+
+
+@pytest.mark.parametrize(("change", "fragment"), [
+    ({"families": {"rnn": {"sizes": ["1M"]}}}, "families.rnn"),
+    ({"data_sizes": {"from": 1000, "to": 10}}, "below `from`"),
+    ({"data_sizes": []}, "data-size grid is empty"),
+    ({"families": {"transformer": {"sizes": ["7M"]}}}, "unknown ['7M']"),
+    ({"seedz": [1]}, "seedz: unknown field"),
+])
+def test_invalid_specs_name_the_field(prepared, change, fragment):
+    with pytest.raises(ConfigError, match=None) as info:
+        validate(StudySpec, spec_dict(prepared, **change))
+    assert fragment in str(info.value)
+
+
+def test_data_size_larger_than_the_variant(prepared):
+    too_big = prepared.train().n_tokens + 1
+    spec = validate(StudySpec, spec_dict(prepared, data_sizes=[1000, too_big]))
+    with pytest.raises(ConfigError, match=f"data_sizes: {too_big:,} tokens asked of variant 'raw'"):
+        plan(spec, prepared, probe=False)
+
+
+def test_plan_expands_the_grid_with_ladder_hyperparameters(prepared, tmp_path):
+    spec = validate(StudySpec, spec_dict(prepared, out=str(tmp_path), seeds=[0, 1], unique_tokens=[1000]))
+    runs = plan(spec, prepared, probe=False)
+    # (D=1000, D=4000, and D=4000 from U=1000) x (Transformer x 2 seeds + n-gram, which has no seed)
+    assert len(runs) == 9 and len({r.run_id for r in runs}) == 9
+    neural = [r for r in runs if r.family == "transformer"]
+    assert {(r.D, r.U) for r in neural} == {(1000, 1000), (4000, 4000), (4000, 1000)}
+    assert all(r.config.optim.lr == learning_rate("transformer", "0.1M") for r in neural)
+    assert all(r.flops > 0 and r.run_dir.parent == tmp_path / "t" / "runs" for r in neural)
+    assert not (tmp_path / "t").exists()  # planning trains and writes nothing
+
+
+def test_run_ids_are_stable_and_sensitive(prepared):
+    spec = validate(StudySpec, spec_dict(prepared))
+    ids = [r.run_id for r in plan(spec, prepared, probe=False)]
+    assert ids == [r.run_id for r in plan(spec, prepared, probe=False)]
+    changed = validate(StudySpec, spec_dict(prepared, train={"optim": {"lr": 1e-4}}))
+    changed_ids = [r.run_id for r in plan(changed, prepared, probe=False)]
+    # The learning rate matters to the neural runs only; the n-gram runs keep their ids.
+    assert [a == b for a, b in zip(ids, changed_ids, strict=True)] == [True, True, False, False]
+    threads = validate(StudySpec, spec_dict(prepared, train={"num_threads": 2, "device": "cpu"}))
+    assert [r.run_id for r in plan(threads, prepared, probe=False)] == ids
+
+
+def test_ladder_rules():
+    assert batch_size(5_000, 128) == 4 and batch_size(10_000_000, 256) == 32
+    assert learning_rate("transformer", "0.1M") > learning_rate("transformer", "125M")
+
+
+def test_probe_estimates_time(prepared):
+    spec = validate(StudySpec, spec_dict(prepared, data_sizes=[2000]))
+    runs = plan(spec, prepared, probe=True)
+    assert all(r.seconds is not None and r.seconds > 0 for r in runs)
+
+
+def test_demo_preset_dataset_matches_the_demo_command():
+    demo = yaml.safe_load((STUDIES / "demo.yaml").read_text())
+    assert demo["dataset"]["prepare"]["out"] == "datasets/stdlib"

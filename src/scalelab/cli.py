@@ -277,10 +277,13 @@ def study_plan(
                       f"{run.train_tokens:,}", f"{run.flops:.2e}" if neural else "-", _duration(run.seconds),
                       run.run_id[:8])
     console.print(table)
-    total = sum(r.seconds or 0 for r in runs)
     workers = spec.resources.workers
-    console.print(f"estimated: {_duration(total)} of single-run time, about {_duration(total / workers)} with "
-                  f"{workers} worker{'s' if workers > 1 else ''}; results go to {spec.directory}")
+    if probe:
+        total = sum(r.seconds for r in runs)
+        console.print(f"estimated: {_duration(total)} of single-run time, about {_duration(total / workers)} "
+                      f"with {workers} worker{'s' if workers > 1 else ''}")
+    console.print(f"total: {sum(r.train_tokens for r in runs):,} training tokens, {sum(r.flops for r in runs):.2e} "
+                  f"FLOPs; results go to {spec.directory}")
 
 
 @study_app.command("run")

@@ -97,3 +97,11 @@ def test_probe_estimates_time(prepared):
 def test_demo_preset_dataset_matches_the_demo_command():
     demo = yaml.safe_load((STUDIES / "demo.yaml").read_text())
     assert demo["dataset"]["prepare"]["out"] == "datasets/stdlib"
+
+
+def test_family_data_sizes_override_the_study_grid(prepared):
+    spec = validate(StudySpec, spec_dict(prepared, families={"ngram": {"sizes": [2], "data_sizes": [500, 800]},
+                                                             "transformer": {"sizes": ["0.1M"]}}))
+    runs = plan(spec, prepared, probe=False)
+    assert sorted(r.D for r in runs if r.family == "ngram") == [500, 800]
+    assert sorted(r.D for r in runs if r.family == "transformer") == [1000, 4000]

@@ -70,6 +70,9 @@ def _progress(total: int, enabled: bool):
     def bar():
         with progress("study runs", total=total, unit="runs", enabled=enabled) as advance:
             def report(run: PlannedRun, outcome) -> None:
+                advance(1)
+                if not enabled:
+                    return
                 label = f"{run.family} {run.size} {run.variant} D={run.D:,}" + (f" U={run.U:,}" if run.U < run.D
                                                                                  else "")
                 if outcome.error is None:
@@ -77,7 +80,6 @@ def _progress(total: int, enabled: bool):
                     stderr_console.print(f"done   {label}: loss {ev['nll']:.4f}, {ev['bits_per_byte']:.4f} bits/byte")
                 else:
                     stderr_console.print(f"[red]failed[/] {label}: {outcome.error.strip().splitlines()[-1]}")
-                advance(1)
             yield report
 
     return bar()

@@ -46,11 +46,12 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _grid(spec: StudySpec) -> list[tuple[int, int]]:
+def _grid(spec: StudySpec, family: Family) -> list[tuple[int, int]]:
     """(D, U) pairs: every D with U = D, plus repeated-data runs for each U below D."""
-    pairs = [(d, d) for d in spec.grid()]
+    sizes = spec.grid(family)
+    pairs = [(d, d) for d in sizes]
     for unique in spec.unique_tokens or []:
-        pairs += [(d, unique) for d in spec.grid() if d > unique]
+        pairs += [(d, unique) for d in sizes if d > unique]
     return pairs
 
 
@@ -64,7 +65,7 @@ def run_configs(spec: StudySpec, store: TokenStore) -> list[TrainConfig]:
                                   f"(it has {', '.join(store.variants)})")
             available = store.train(variant).n_tokens
             for size in family_spec.sizes:
-                for d, u in _grid(spec):
+                for d, u in _grid(spec, family):
                     if u > available:
                         raise ConfigError(f"data_sizes: {u:,} tokens asked of variant {variant!r}, which has "
                                           f"{available:,}")

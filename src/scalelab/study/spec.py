@@ -54,11 +54,22 @@ class GeometricGrid(StrictModel):
         return sorted({round(self.from_ * 2 ** (k / self.per_doubling)) for k in range(steps + 1)})
 
 
+def _checked_grid(value: list[int] | GeometricGrid) -> list[int] | GeometricGrid:
+    sizes = value if isinstance(value, list) else value.sizes()
+    if not sizes:
+        raise ValueError("the data-size grid is empty")
+    if any(d < 2 for d in sizes):
+        raise ValueError("data sizes must be at least 2 tokens")
+    return value
+
+
 class FamilySpec(StrictModel):
     """Sizes of one model family, and training settings that apply to it alone."""
 
     sizes: list[str] = Field(min_length=1, description="Size presets (n-gram: orders).")
     variants: list[str] | None = Field(None, description="Train variants for this family (default: the study's).")
+    data_sizes: list[int] | GeometricGrid | None = Field(
+        None, description="D values for this family (default: the study's); e.g. more for the cheap n-gram.")
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields for this family "
                                                                     "(override the ladder), e.g. optim.lr.")
 
@@ -66,6 +77,11 @@ class FamilySpec(StrictModel):
     @classmethod
     def _as_strings(cls, value: Any) -> Any:
         return [str(v) for v in value] if isinstance(value, list) else value
+
+    @field_validator("data_sizes")
+    @classmethod
+    def _non_empty_grid(cls, value: list[int] | GeometricGrid | None) -> list[int] | GeometricGrid | None:
+        return value if value is None else _checked_grid(value)
 
 
 class Resources(StrictModel):
@@ -99,12 +115,7 @@ class StudySpec(StrictModel):
     @field_validator("data_sizes")
     @classmethod
     def _non_empty_grid(cls, value: list[int] | GeometricGrid) -> list[int] | GeometricGrid:
-        sizes = value if isinstance(value, list) else value.sizes()
-        if not sizes:
-            raise ValueError("the data-size grid is empty")
-        if any(d < 2 for d in sizes):
-            raise ValueError("data sizes must be at least 2 tokens")
-        return value
+        return _checked_grid(value)
 
     @model_validator(mode="after")
     def _known_sizes(self) -> StudySpec:
@@ -119,5 +130,8 @@ class StudySpec(StrictModel):
     def directory(self) -> Path:
         return self.out / self.name
 
-    def grid(self) -> list[int]:
-        return sorted(set(self.data_sizes if isinstance(self.data_sizes, list) else self.data_sizes.sizes()))
+    def grid(self, family: Family | None = None) -> list[int]:
+        sizes = self.data_sizes
+        if family is not None and self.families[family].data_sizes is not None:
+            sizes = self.families[family].data_sizes
+        return sorted(set(sizes if isinstance(sizes, list) else sizes.sizes()))

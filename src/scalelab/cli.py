@@ -347,6 +347,98 @@ def study_export(
     console.print(f"wrote {path}")
 
 
+FitSource = Annotated[Path, typer.Argument(help="A study directory (or its spec), or a CSV with columns D, loss "
+                                             "(or bits_per_byte) and optionally N, U, family, variant.")]
+UnitOption = Annotated[str, typer.Option("--unit", help="bits_per_byte or nats.")]
+
+
+def _unit(unit: str) -> str:
+    from scalelab.errors import ConfigError
+
+    if unit not in ("bits_per_byte", "nats"):
+        raise ConfigError(f"--unit must be bits_per_byte or nats (got {unit!r})")
+    return unit
+
+
+def print_fits(analysis: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    for group in analysis["groups"]:
+        title = f"{group['family']} ({group['variant']}): {group['form']} law, {group['points']} points"
+        if "error" in group:
+            console.print(f"[bold]{title}[/]: no fit — {group['error']}")
+            continue
+        fit = group["fit"]
+        table = Table(title=title, header_style="bold")
+        for column in ("parameter", "value", f"{round(100 * analysis['level'])}% interval"):
+            table.add_column(column, justify="right")
+        for name, value in fit["params"].items():
+            low, high = fit["intervals"].get(name, (float("nan"), float("nan")))
+            table.add_row(name, f"{value:.4g}", f"{low:.4g} – {high:.4g}")
+        console.print(table)
+        quality = f"fit: rmse of log loss {fit['rmse_log']:.4f}, R² {fit['r2']:.4f}"
+        backtest = group.get("backtest")
+        if backtest:
+            quality += (f"; backtest (fit on {backtest['fitted_on']} smaller D, predict {len(backtest['actual'])} "
+                        f"larger): mean error {100 * backtest['mean_abs_rel_error']:.2f}%, "
+                        f"max {100 * backtest['max_abs_rel_error']:.2f}%")
+        console.print(quality)
+    console.print("[bold]What the fits say[/]")
+    for sentence in analysis["sentences"]:
+        console.print(f"- {sentence}")
+
+
+@app.command()
+def fit(
+    source: FitSource,
+    unit: UnitOption = "bits_per_byte",
+    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for intervals.")] = 200,
+    target: Annotated[float | None, typer.Option(
+        "--target", help="Loss to plan for [default: 5% below the best observed].")] = None,
+    epsilon: Annotated[float, typer.Option(
+        "--epsilon", help="Saturation: a doubling gains less than this share.")] = 0.01,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the fits and answers as JSON here.")] = None,
+) -> None:
+    """Fit scaling laws to a study's results (or a CSV), with intervals, backtests and planner answers."""
+    from scalelab.laws.analysis import analyse, load_points
+
+    analysis = analyse(load_points(source), unit=_unit(unit), bootstrap=bootstrap, target=target, epsilon=epsilon)
+    print_fits(analysis)
+    if json_out is not None:
+        from scalelab.io import write_json_atomic
+
+        write_json_atomic(json_out, analysis)
+        console.print(f"wrote {json_out}")
+
+
+@app.command("plan-data")
+def plan_data(
+    source: FitSource,
+    target_loss: Annotated[float, typer.Option("--target-loss", help="The loss to reach, in --unit.")],
+    unit: UnitOption = "bits_per_byte",
+    family: Annotated[str | None, typer.Option("--family", help="Only this model family.")] = None,
+    variant: Annotated[str | None, typer.Option("--variant", help="Only this data variant.")] = None,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for intervals.")] = 200,
+) -> None:
+    """How much data each fitted model needs to reach a target loss, with an interval."""
+    from scalelab.errors import DataError
+    from scalelab.laws.analysis import analyse, load_points
+
+    points = load_points(source)
+    if family is not None:
+        points = points[points["family"] == family]
+    if variant is not None:
+        points = points[points["variant"] == variant]
+    if points.empty:
+        raise DataError(f"no finished runs match family={family!r} variant={variant!r} in {source}")
+    analysis = analyse(points, unit=_unit(unit), bootstrap=bootstrap, target=target_loss)
+    for group in analysis["groups"]:
+        answer = group.get("answers", {}).get("data_for_loss")
+        console.print(f"- {answer['sentence']}" if answer else
+                      f"- the {group['family']} ({group['variant']}): {group.get('error', 'no answer')}")
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(

@@ -1,0 +1,1 @@
+"""Scaling laws: forms, fitting with bootstrap intervals, backtests, and planning answers."""

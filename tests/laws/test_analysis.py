@@ -1,0 +1,84 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from scalelab.errors import DataError
+from scalelab.laws.analysis import analyse, choose_form, load_points
+from tests.conftest import run_cli
+from tests.test_cli import assert_user_error
+
+
+def law_points(E=1.2, B=30.0, beta=0.3, variant="raw", noise=0.005, seed=0):
+    rng = np.random.default_rng(seed)
+    D = np.geomspace(1e4, 1e7, 12)
+    loss = (E + B * D ** -beta) * np.exp(rng.normal(0, noise, D.size))
+    return pd.DataFrame({"family": "transformer", "variant": variant, "D": D, "U": D, "loss": loss,
+                         "bits_per_byte": loss / np.log(2) / 3.5})
+
+
+def test_forms_follow_the_design():
+    frame = law_points()
+    assert choose_form(frame) == "data"
+    assert choose_form(frame.assign(N=np.repeat([1e6, 3e6, 1e7], 4))) == "chinchilla"
+    assert choose_form(frame.assign(U=frame["D"] / 4)) == "data_constrained_D"
+
+
+def test_analysis_recovers_the_law_and_answers(tmp_path):
+    frame = pd.concat([law_points(), law_points(B=20.0, variant="filtered", seed=1)])
+    result = analyse(frame, unit="nats", bootstrap=50)
+    raw = next(g for g in result["groups"] if g["variant"] == "raw")
+    assert raw["form"] == "data"
+    assert raw["fit"]["params"]["beta"] == pytest.approx(0.3, rel=0.15)
+    assert raw["backtest"]["mean_abs_rel_error"] < 0.02
+    assert {"data_for_loss", "doubling_gain", "saturation"} <= set(raw["answers"])
+    multiplier = result["multipliers"][0]
+    assert multiplier["base"] == "filtered" or multiplier["other"] == "filtered"
+    assert multiplier["value"] > 1  # the filtered curve lies below the raw one
+    assert any("is worth about" in s for s in result["sentences"])
+    json.dumps(result)
+
+
+def test_fit_cli_on_a_csv(tmp_path):
+    path = tmp_path / "points.csv"
+    law_points().to_csv(path, index=False)
+    out = tmp_path / "fits.json"
+    result = run_cli("fit", str(path), "--unit", "nats", "--bootstrap", "30", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "data law, 12 points" in result.stdout and "backtest" in result.stdout
+    assert "needs about" in result.stdout
+    assert json.loads(out.read_text())["groups"][0]["fit"]["params"]["beta"] > 0
+    plan = run_cli("plan-data", str(path), "--unit", "nats", "--target-loss", "1.5", "--bootstrap", "30")
+    assert plan.returncode == 0 and "to reach 1.5 nats" in plan.stdout
+
+
+def test_fit_cli_bad_inputs(tmp_path):
+    few = tmp_path / "few.csv"
+    law_points().head(2).to_csv(few, index=False)
+    assert_user_error(run_cli("fit", str(few), "--unit", "nats"), "no law could be fitted", "2 point(s)")
+    negative = tmp_path / "negative.csv"
+    law_points().assign(loss=-1.0).to_csv(negative, index=False)
+    assert_user_error(run_cli("fit", str(negative), "--unit", "nats"), "no law could be fitted")
+    mixed = tmp_path / "mixed.csv"
+    pd.concat([law_points(), law_points(variant="tiny").head(2)]).to_csv(mixed, index=False)
+    result = run_cli("fit", str(mixed), "--unit", "nats", "--bootstrap", "20")
+    assert result.returncode == 0 and "transformer (tiny): no fit" in result.stdout  # one bad group, others fit
+    missing = tmp_path / "missing.csv"
+    law_points().drop(columns=["D"]).to_csv(missing, index=False)
+    assert_user_error(run_cli("fit", str(missing)), "missing column(s) D")
+    assert_user_error(run_cli("fit", str(tmp_path / "absent.csv")), "no such CSV file")
+    assert_user_error(run_cli("fit", str(few), "--unit", "furlongs"), "--unit")
+    with pytest.raises(DataError):
+        load_points(tmp_path / "absent.csv")
+
+
+def test_fit_on_a_finished_study(prepared, tmp_path):
+    from tests.study.test_runner import write_spec
+
+    path = write_spec(tmp_path, prepared, families={"ngram": {"sizes": [2]}},
+                      data_sizes=[1000, 2000, 4000, 8000, 16000])
+    assert run_cli("study", "run", str(path), "-q").returncode == 0
+    result = run_cli("fit", str(tmp_path / "out" / "s"), "--bootstrap", "20")
+    assert result.returncode == 0, result.stderr
+    assert "ngram (raw): data law, 5 points" in result.stdout

@@ -441,17 +441,27 @@ def plan_data(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(
-        "--out", "-o", help="Where the demo dataset goes.")] = DEFAULT_DATASETS / "stdlib",
-    workers: Annotated[int, typer.Option("--workers", "-w", help="Processes for cleaning and tokenizing.")] = 1,
+    workers: Annotated[int, typer.Option("--workers", "-w", help="Runs at once.")] = 2,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
-    """The main job on the built-in corpus (this Python's standard library): prepare it and summarise it."""
-    from scalelab.data import prepare as run_prepare
+    """The main job on the built-in corpus (this Python's standard library): prepare it with raw and
+    filtered+dedup variants, run the demo study (three model families, data sizes over two orders of
+    magnitude), fit the scaling laws and state what they say. Finished work is reused when rerun."""
+    import time
+    from importlib import resources
 
-    resolved = _prepare_config(["stdlib"], out, None, [], workers, False, filters="code",
-                               variants="raw,filtered+dedup")
-    store = run_prepare(resolved)
-    print_summary(store.manifest, store.path)
+    from scalelab.data.summary import splits_table
+    from scalelab.laws.analysis import analyse, load_points
+    from scalelab.study.api import load_spec, open_dataset, run_study
+
+    started = time.perf_counter()
+    spec = load_spec(Path(str(resources.files("scalelab") / "presets" / "demo.yaml")))
+    store = open_dataset(spec, show_progress=not quiet)
+    console.print(splits_table(store.manifest))
+    counts = run_study(spec, workers=workers, show_progress=not quiet)
+    console.print(", ".join(f"{n} {status}" for status, n in counts.items()) + f" runs in {spec.directory}")
+    print_fits(analyse(load_points(spec.directory), unit="bits_per_byte"))
+    console.print(f"demo finished in {time.perf_counter() - started:.0f} s; results: {spec.directory}")
 
 
 def main() -> None:

@@ -29,14 +29,6 @@ SMALL_LSTM = LSTMConfig(size="custom", n_layers=1, d_hidden=32, d_embed=16)
 SMALL_LSTM_N = 6_912
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_presets_list_each_family_by_its_shape_fields():
     assert presets("ngram") == {str(k): {"order": k} for k in range(2, 7)}
     assert presets("lstm")["1M"] == {"n_layers": 2, "d_hidden": 256, "d_embed": 256}

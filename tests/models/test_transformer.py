@@ -10,20 +10,9 @@ from scalelab.config import validate
 from scalelab.errors import ConfigError
 from scalelab.models.registry import non_embedding_params, total_params
 from scalelab.models.transformer import PRESETS, TransformerConfig, build_transformer
+from tests.models.conftest import nominal
 
 VOCAB = 64
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def nominal(name: str) -> float:
-    return float(name.removesuffix("M")) * 1e6
 
 
 def expected_n(d_model: int, n_layers: int, d_ff: int) -> int:

@@ -440,6 +440,22 @@ def plan_data(
 
 
 @app.command()
+def report(
+    study: Annotated[Path, typer.Argument(help="A study directory (or its spec).")],
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Report directory [default: STUDY_DIR/report].")] = None,
+    unit: UnitOption = "bits_per_byte",
+    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for intervals.")] = 200,
+) -> None:
+    """Write a self-contained HTML report of a study: plots, fitted laws, findings, runs, data, environment."""
+    from scalelab.report import write_report
+    from scalelab.study.api import study_directory
+
+    index = write_report(study_directory(study), out, unit=_unit(unit), bootstrap=bootstrap)
+    console.print(f"report: [bold]{index}[/]")
+
+
+@app.command()
 def demo(
     workers: Annotated[int, typer.Option("--workers", "-w", help="Runs at once.")] = 2,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
@@ -447,11 +463,12 @@ def demo(
     """The main job on the built-in corpus (this Python's standard library): prepare it with raw and
     filtered+dedup variants, run the demo study (three model families, data sizes over two orders of
     magnitude), fit the scaling laws and state what they say. Finished work is reused when rerun."""
+    import json
     import time
     from importlib import resources
 
     from scalelab.data.summary import splits_table
-    from scalelab.laws.analysis import analyse, load_points
+    from scalelab.report import write_report
     from scalelab.study.api import load_spec, open_dataset, run_study
 
     started = time.perf_counter()
@@ -460,8 +477,10 @@ def demo(
     console.print(splits_table(store.manifest))
     counts = run_study(spec, workers=workers, show_progress=not quiet)
     console.print(", ".join(f"{n} {status}" for status, n in counts.items()) + f" runs in {spec.directory}")
-    print_fits(analyse(load_points(spec.directory), unit="bits_per_byte"))
+    index = write_report(spec.directory)
+    print_fits(json.loads((index.parent / "results.json").read_text(encoding="utf-8"))["analysis"])
     console.print(f"demo finished in {time.perf_counter() - started:.0f} s; results: {spec.directory}")
+    console.print(f"report: [bold]{index}[/] (open it in a browser)")
 
 
 def main() -> None:

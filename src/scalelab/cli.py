@@ -457,28 +457,25 @@ def report(
 
 @app.command()
 def demo(
-    workers: Annotated[int, typer.Option("--workers", "-w", help="Runs at once.")] = 2,
+    scale: Annotated[str, typer.Option("--scale", help="cpu (minutes on 2 cores) or gpu (larger models).")] = "cpu",
+    workers: Annotated[int | None, typer.Option(
+        "--workers", "-w", help="Runs at once [default: the preset's].")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     """The main job on the built-in corpus (this Python's standard library): prepare it with raw and
     filtered+dedup variants, run the demo study (three model families, data sizes over two orders of
-    magnitude), fit the scaling laws and state what they say. Finished work is reused when rerun."""
-    import json
+    magnitude), fit the scaling laws, write the report and state what the fits say. Finished work is reused."""
     import time
-    from importlib import resources
 
-    from scalelab.data.summary import splits_table
-    from scalelab.report import write_report
-    from scalelab.study.api import load_spec, open_dataset, run_study
+    from scalelab.demo import PRESETS, demo_spec, run_demo
+    from scalelab.errors import ConfigError
 
+    if scale not in PRESETS:
+        raise ConfigError(f"--scale must be one of {', '.join(PRESETS)} (got {scale!r})")
     started = time.perf_counter()
-    spec = load_spec(Path(str(resources.files("scalelab") / "presets" / "demo.yaml")))
-    store = open_dataset(spec, show_progress=not quiet)
-    console.print(splits_table(store.manifest))
-    counts = run_study(spec, workers=workers, show_progress=not quiet)
-    console.print(", ".join(f"{n} {status}" for status, n in counts.items()) + f" runs in {spec.directory}")
-    index = write_report(spec.directory)
-    print_fits(json.loads((index.parent / "results.json").read_text(encoding="utf-8"))["analysis"])
+    spec = demo_spec(scale)  # type: ignore[arg-type]
+    index, analysis = run_demo(spec, workers=workers, show_progress=not quiet)
+    print_fits(analysis)
     console.print(f"demo finished in {time.perf_counter() - started:.0f} s; results: {spec.directory}")
     console.print(f"report: [bold]{index}[/] (open it in a browser)")
 

@@ -1,0 +1,25 @@
+"""The demo pipeline end to end at a reduced size: the same code path as `scalelab demo`, on a small dataset."""
+
+from scalelab.config import validate
+from scalelab.demo import demo_spec, run_demo
+from scalelab.study.spec import StudySpec
+
+
+def test_demo_pipeline_at_a_reduced_size(prepared, tmp_path):
+    spec = validate(StudySpec, {
+        "name": "mini", "out": str(tmp_path), "dataset": {"path": str(prepared.path)},
+        "families": {"ngram": {"sizes": [2]}, "transformer": {"sizes": ["0.1M"]}},
+        "data_sizes": [800, 1600, 3200, 6400, 12800], "eval_tokens": 400,
+        "train": {"transformer": {"context_length": 32}}, "resources": {"workers": 2}})
+    index, analysis = run_demo(spec, show_progress=False)
+    page = index.read_text(encoding="utf-8")
+    assert index == tmp_path / "mini" / "report" / "index.html"
+    assert {g["family"] for g in analysis["groups"]} == {"ngram", "transformer"}
+    assert analysis["sentences"] and analysis["sentences"][0][1:20] in page  # the page capitalises sentences
+
+
+def test_demo_presets_load():
+    cpu, gpu = demo_spec("cpu"), demo_spec("gpu")
+    assert cpu.dataset.prepare == gpu.dataset.prepare  # one prepared corpus serves both scales
+    assert set(cpu.families) == {"ngram", "lstm", "transformer"}
+    assert gpu.train["device"] == "cuda"

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from scalelab.report import write_report
-from scalelab.study.api import load_spec, open_dataset, run_study
+from scalelab.study.api import load_spec, run_study
 from scalelab.study.spec import StudySpec
 
 Scale = Literal["cpu", "gpu"]
@@ -20,8 +20,8 @@ def demo_spec(scale: Scale = "cpu") -> StudySpec:
 
 
 def run_demo(spec: StudySpec, *, workers: int | None = None, show_progress: bool = True) -> tuple[Path, dict[str, Any]]:
-    """Everything `scalelab demo` does; returns the report's index.html and the analysis behind it."""
-    open_dataset(spec, show_progress=show_progress)
+    """Everything `scalelab demo` does (the study prepares its dataset first); returns the report's index.html
+    and the analysis behind it."""
     run_study(spec, workers=workers, show_progress=show_progress)
     index = write_report(spec.directory)
     analysis = json.loads((index.parent / "results.json").read_text(encoding="utf-8"))["analysis"]

@@ -226,7 +226,6 @@ def _raw_stream(config: PrepareConfig, stats: RunStats,
             if isinstance(item, Skipped):
                 stats.skip(item, config.strict)
                 continue
-            stats.bytes_read += len(item.data) if isinstance(item.data, bytes) else len(item.data.encode())
             yield item
 
 
@@ -276,8 +275,9 @@ def stage_batch(args: tuple[list[RawDoc], PrepareConfig]) -> StagedBatch:
         edited = verdict.text if not isinstance(verdict, str) and verdict.text != doc.text else None
         kept.append((assign_split(doc_hash, config.split), doc_hash, doc, edited, reason))
     signatures = minhash_signatures([doc.text for _, _, doc, _, _ in kept], config.dedup.minhash)
-    return StagedBatch(kept, band_hashes(signatures, config.dedup.minhash), skipped, stats,
-                       sum(len(r.data) for r in raw_docs))
+    # Input bytes are counted here, in the workers, to keep encoding text off the single reading process.
+    raw_bytes = sum(len(r.data) if isinstance(r.data, bytes) else len(r.data.encode("utf-8")) for r in raw_docs)
+    return StagedBatch(kept, band_hashes(signatures, config.dedup.minhash), skipped, stats, raw_bytes)
 
 
 def _stage_documents(config: PrepareConfig, staging: StagingArea, stats: RunStats,
@@ -293,6 +293,7 @@ def _stage_documents(config: PrepareConfig, staging: StagingArea, stats: RunStat
                 if reason is not None:
                     stats.drop(reason, doc.id, doc.text)
                 staging.add(split, doc, edited, doc_hash, bands, passed=reason is None)
+            stats.bytes_read += result.raw_bytes
             advance(result.raw_bytes)
     staging.finish()
 

@@ -1,4 +1,5 @@
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -125,3 +126,22 @@ def test_invalid_specs_end_in_one_line(prepared, tmp_path):
     big = write_spec(tmp_path, prepared, name="big", data_sizes=[10**9])
     assert_user_error(run_cli("study", "run", str(big)), "data_sizes")
     assert_user_error(run_cli("study", "status", str(tmp_path)), "no study results")
+
+
+def test_ctrl_c_releases_runs_in_flight(prepared, tmp_path):
+    path = write_spec(tmp_path, prepared, families={"transformer": {"sizes": ["0.1M"]}}, data_sizes=[24000],
+                      resources={"workers": 1},
+                      train={"transformer": {"context_length": 32}, "checkpoint_every": 2, "batch_size": 4})
+    process = subprocess.Popen([sys.executable, "-m", "scalelab", "study", "run", str(path), "-q"],
+                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runs = tmp_path / "out" / "s" / "runs"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None and not list(runs.glob("*/checkpoints/latest")):
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: the whole process group
+    assert process.wait(timeout=60) == 130
+    with store_of(path) as store:
+        assert store.counts()["running"] == 0 and store.counts()["pending"] == 1
+    assert run_cli("study", "run", str(path), "-q").returncode == 0
+    with store_of(path) as store:
+        assert store.counts()["done"] == 1

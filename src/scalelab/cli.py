@@ -440,6 +440,17 @@ def plan_data(
 
 
 @app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write.")],
+) -> None:
+    """Export a trained model: Transformer -> Hugging Face directory; n-gram -> ARPA; LSTM -> safetensors."""
+    from scalelab.deploy.export import export_run
+
+    console.print(f"exported to [bold]{export_run(run, out)}[/]")
+
+
+@app.command()
 def report(
     study: Annotated[Path, typer.Argument(help="A study directory (or its spec).")],
     out: Annotated[Path | None, typer.Option(

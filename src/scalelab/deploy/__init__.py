@@ -1,0 +1,1 @@
+"""Deployment: export trained runs to formats other tools load."""

@@ -117,6 +117,3 @@ def load(model: type[M], path: Path | None = None, overrides: list[str] | None =
     data = apply_overrides(data, overrides or [])
     return validate(model, data, origin=str(path) if path else "config")
 
-
-def dump_yaml(config: BaseModel) -> str:
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

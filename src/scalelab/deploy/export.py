@@ -25,14 +25,6 @@ from scalelab.train import checkpoint
 from scalelab.train.run import build_model, load_run_config
 
 
-def final_checkpoint(run_dir: Path, converged: bool) -> Path:
-    directory = run_dir / "checkpoints"
-    path = (checkpoint.resolve(directory, checkpoint.BEST) if converged else None) or checkpoint.resolve(directory)
-    if path is None:
-        raise checkpoint.CheckpointError(f"{run_dir} has no complete checkpoint to export")
-    return path
-
-
 def export_run(run_dir: Path, out: Path) -> Path:
     """Export the run's final model (its best checkpoint when it converged) into `out`."""
     config = load_run_config(run_dir)
@@ -50,7 +42,7 @@ def export_run(run_dir: Path, out: Path) -> Path:
             store.tokenizer.save(tmp / "tokenizer.json")
         else:
             model = build_model(config, store.tokenizer.vocab_size)
-            checkpoint.load_weights(final_checkpoint(run_dir, config.regime == "converge"), model)
+            checkpoint.load_weights(checkpoint.final(run_dir, config.regime == "converge"), model)
             (_export_transformer if config.family == "transformer" else _export_lstm)(model, config, store, tmp)
         if out.exists():
             shutil.rmtree(out)

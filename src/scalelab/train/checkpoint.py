@@ -94,6 +94,15 @@ def resolve(directory: Path, pointer: str = LATEST) -> Path | None:
     return path if (path / "state.json").is_file() else None
 
 
+def final(run_dir: Path, converged: bool) -> Path:
+    """The checkpoint a finished run stands for: its best when it converged, else its latest."""
+    directory = run_dir / "checkpoints"
+    path = (resolve(directory, BEST) if converged else None) or resolve(directory)
+    if path is None:
+        raise CheckpointError(f"{run_dir} has no complete checkpoint")
+    return path
+
+
 def prune(directory: Path, pointers: tuple[str, ...] = (LATEST, BEST)) -> None:
     """Remove step directories no pointer names."""
     keep = {p.name for p in (resolve(directory, pointer) for pointer in pointers) if p is not None}

@@ -228,13 +228,8 @@ def evaluate_run(run_dir: Path, split: str | None = None, eval_tokens: int | Non
         model = KneserNeyLM.load(run_dir / "model")
         return result(float(-model.logprobs(data.stream).sum()), data).to_dict()
     device = _setup_torch(config)
-    directory = run_dir / "checkpoints"
-    path = checkpoint.resolve(directory, checkpoint.BEST) if config.regime == "converge" else None
-    path = path or checkpoint.resolve(directory)
-    if path is None:
-        raise checkpoint.CheckpointError(f"{run_dir} has no complete checkpoint to evaluate")
     model = build_model(config, store.tokenizer.vocab_size).to(device)
-    checkpoint.load_weights(path, model)
+    checkpoint.load_weights(checkpoint.final(run_dir, config.regime == "converge"), model)
     context = min(config.model_config_for_family.context_length, len(train_view(store, config)) - 1)
     return result(neural_nll(model, data, context, config.eval_batch_size, device,
                              _autocast_dtype(config, device)), data).to_dict()

@@ -450,6 +450,109 @@ def export(
     console.print(f"exported to [bold]{export_run(run, out)}[/]")
 
 
+ModelDir = Annotated[Path, typer.Argument(help="An exported model (scalelab export) or a finished run directory.")]
+QuantizeOption = Annotated[str | None, typer.Option(
+    "--quantize", help="int8: dynamic int8 quantisation of the Linear and LSTM layers (neural models, CPU).")]
+ThreadsOption = Annotated[int | None, typer.Option("--threads", help="torch CPU threads [default: torch's].")]
+
+
+def _load_for_inference(model_dir: Path, quantize: str | None, threads: int | None, name: str | None = None):
+    import torch
+
+    from scalelab.deploy.model import load_model
+    from scalelab.errors import ConfigError
+
+    if quantize not in (None, "int8"):
+        raise ConfigError(f"--quantize must be int8 (got {quantize!r})")
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"--threads must be at least 1 (got {threads})")
+        torch.set_num_threads(threads)
+    return load_model(model_dir, quantize=quantize, name=name)  # type: ignore[arg-type]
+
+
+@app.command()
+def generate(
+    model_dir: ModelDir,
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text to continue [default: a new document].")] = "",
+    max_tokens: Annotated[int, typer.Option("--max-tokens", "-m", help="Tokens to generate at most.")] = 100,
+    temperature: Annotated[float, typer.Option("--temperature", "-t", help="0 is greedy; higher is more varied.")
+                           ] = 0.8,
+    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass (1 = off).")] = 0.95,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for reproducible samples.")] = None,
+    stop: Annotated[list[str] | None, typer.Option("--stop", help="End a sample at this string (repeatable).")
+                    ] = None,
+    num: Annotated[int, typer.Option("--num", "-n", help="Samples to draw.")] = 1,
+    quantize: QuantizeOption = None,
+    threads: ThreadsOption = None,
+) -> None:
+    """Sample text from a trained model of any family, streaming it to the terminal as it is generated."""
+    import time
+
+    from scalelab.config import validate
+    from scalelab.deploy.completion import Completion
+    from scalelab.deploy.sampling import SamplingParams, make_generator
+    from scalelab.errors import ConfigError
+
+    if num < 1:
+        raise ConfigError(f"--num must be at least 1 (got {num})")
+    params = validate(SamplingParams, {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p,
+                                       "seed": seed, "stop": stop or []}, origin="sampling options")
+    model = _load_for_inference(model_dir, quantize, threads)
+    prompt_ids = model.tokenizer.encode(prompt)
+    generator = make_generator(seed)
+    err = Console(stderr=True)
+    for sample in range(num):
+        completion = Completion(model, prompt_ids, params, generator)
+        started = time.perf_counter()
+        sys.stdout.write(prompt)
+        for pieces in completion:
+            sys.stdout.write("".join(piece.text for piece in pieces))
+            sys.stdout.flush()
+        elapsed = time.perf_counter() - started
+        sys.stdout.write("\n")
+        err.print(f"{model.family} {model.name}: {completion.completion_tokens} tokens in {elapsed:.2f} s, "
+                  f"{completion.completion_tokens / max(elapsed, 1e-9):.1f} tokens/s, finished: "
+                  f"{completion.finish_reason}", style="dim", highlight=False, markup=False, soft_wrap=True)
+        if sample < num - 1:
+            sys.stdout.write("\n")
+
+
+@app.command()
+def serve(
+    model_dir: ModelDir,
+    host: Annotated[str, typer.Option("--host", help="Address to bind; 0.0.0.0 exposes the server to the "
+                                                     "network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8000,
+    api_key: Annotated[str | None, typer.Option(
+        "--api-key", envvar="SCALELAB_API_KEY",
+        help="Require 'Authorization: Bearer KEY' on /v1/* [env: SCALELAB_API_KEY].")] = None,
+    model_name: Annotated[str | None, typer.Option(
+        "--model-name", help="The model id clients ask for [default: the directory's name].")] = None,
+    max_running: Annotated[int, typer.Option(
+        "--max-running", help="Requests generating at once (they take turns a token at a time).")] = 4,
+    max_waiting: Annotated[int, typer.Option(
+        "--max-waiting", help="Requests queued beyond those; more are refused at once with 503.")] = 64,
+    quantize: QuantizeOption = None,
+    threads: ThreadsOption = None,
+) -> None:
+    """Serve a model over an OpenAI-compatible HTTP API: /v1/completions (streaming, logprobs, echo),
+    /v1/models, /health."""
+    from scalelab.config import validate
+    from scalelab.deploy.server import ServeConfig
+    from scalelab.deploy.server import serve as run_server
+
+    config = validate(ServeConfig, {"host": host, "port": port, "api_key": api_key, "max_running": max_running,
+                                    "max_waiting": max_waiting}, origin="serve options")
+    model = _load_for_inference(model_dir, quantize, threads, name=model_name)
+    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        Console(stderr=True).print(f"warning: serving on {host} without --api-key: anyone who reaches this "
+                                   "machine can use the model", style="yellow", markup=False)
+    console.print(f"serving [bold]{model.name}[/] ({model.family}, context {model.context_length} tokens) at "
+                  f"http://{host}:{port}/v1", highlight=False)
+    run_server(model, config)
+
+
 @app.command()
 def report(
     study: Annotated[Path, typer.Argument(help="A study directory (or its spec).")],

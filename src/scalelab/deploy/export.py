@@ -3,7 +3,8 @@
 - Transformer: a Hugging Face directory (config.json, model.safetensors, generation_config.json, tokenizer.json,
   tokenizer_config.json naming PreTrainedTokenizerFast) that `AutoModelForCausalLM`, `AutoTokenizer` and
   `pipeline("text-generation")` load offline.
-- n-gram: model.arpa (token ids as words) and tokenizer.json.
+- n-gram: model.arpa (token ids as words), tokenizer.json, config.json and scalelab's own arrays (ngram.npz,
+  ngram.json), which `scalelab generate` and `scalelab serve` read.
 - LSTM: model.safetensors, config.json (`scalelab.models.lstm.LSTMConfig` plus the vocabulary size) and
   tokenizer.json; load it with `scalelab.deploy.export.load_lstm(directory)`.
 The directory is written beside its destination and renamed into place.
@@ -20,16 +21,13 @@ import torch
 
 from scalelab.data.store import TokenStore
 from scalelab.data.tokenizer import EOD
-from scalelab.errors import ConfigError
 from scalelab.train import checkpoint
-from scalelab.train.run import build_model, load_run_config
+from scalelab.train.run import build_model, finished_run_config
 
 
 def export_run(run_dir: Path, out: Path) -> Path:
     """Export the run's final model (its best checkpoint when it converged) into `out`."""
-    config = load_run_config(run_dir)
-    if not (run_dir / "eval.json").is_file():
-        raise ConfigError(f"{run_dir} has not finished training; export a finished run")
+    config = finished_run_config(run_dir)
     store = TokenStore.open(config.data)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -38,7 +36,10 @@ def export_run(run_dir: Path, out: Path) -> Path:
         if config.family == "ngram":
             from scalelab.models.ngram import KneserNeyLM
 
-            KneserNeyLM.load(run_dir / "model").to_arpa(tmp / "model.arpa")
+            model = KneserNeyLM.load(run_dir / "model")
+            model.to_arpa(tmp / "model.arpa")
+            model.save(tmp)  # scalelab's own arrays too: `scalelab generate` and `serve` sample from them
+            _write_config(tmp, "ngram", store, order=model.order)
             store.tokenizer.save(tmp / "tokenizer.json")
         else:
             model = build_model(config, store.tokenizer.vocab_size)
@@ -75,10 +76,14 @@ def _export_lstm(model: torch.nn.Module, config, store: TokenStore, directory: P
     from safetensors.torch import save_model
 
     save_model(model, str(directory / "model.safetensors"))
-    document = {"family": "lstm", "vocab_size": store.tokenizer.vocab_size, "eod_id": store.tokenizer.eod_id,
-                **config.lstm.model_dump(mode="json")}
-    (directory / "config.json").write_text(json.dumps(document, indent=2), encoding="utf-8")
+    _write_config(directory, "lstm", store, **config.lstm.model_dump(mode="json"))
     store.tokenizer.save(directory / "tokenizer.json")
+
+
+def _write_config(directory: Path, family: str, store: TokenStore, **fields) -> None:
+    document = {"family": family, "vocab_size": store.tokenizer.vocab_size, "eod_id": store.tokenizer.eod_id,
+                **fields}
+    (directory / "config.json").write_text(json.dumps(document, indent=2), encoding="utf-8")
 
 
 def load_lstm(directory: Path) -> torch.nn.Module:

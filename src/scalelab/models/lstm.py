@@ -15,6 +15,9 @@ from torch import nn
 
 from scalelab.config import StrictModel
 
+# (h, c), each (n_layers, B, d_hidden), as nn.LSTM takes and returns it.
+LSTMState = tuple[torch.Tensor, torch.Tensor]
+
 
 class LSTMShape(NamedTuple):
     n_layers: int
@@ -94,9 +97,15 @@ class LSTMLanguageModel(nn.Module):
                 nn.init.ones_(param[d_hidden:2 * d_hidden])
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.forward_from(input_ids)[0]
+
+    def forward_from(self, input_ids: torch.Tensor, state: LSTMState | None = None
+                     ) -> tuple[torch.Tensor, LSTMState]:
+        """(B, T) ids read on from `state` (None: the zero state) -> (B, T, V) logits and the state after them;
+        generation carries the state forward one token at a time instead of re-reading the window."""
         x = self.drop(self.embed(input_ids))  # (B, T, E)
-        h, _ = self.lstm(x)  # (B, T, H), from a zero state
-        return self.head(self.proj(self.drop(h)))  # (B, T, V)
+        h, state = self.lstm(x, state)  # (B, T, H)
+        return self.head(self.proj(self.drop(h))), state
 
     # Hugging Face's accessor names, so parameter accounting treats both families alike.
     def get_input_embeddings(self) -> nn.Embedding:

@@ -217,6 +217,14 @@ def load_run_config(run_dir: Path) -> TrainConfig:
     return validate(TrainConfig, document, origin=str(path))
 
 
+def finished_run_config(run_dir: Path) -> TrainConfig:
+    """The config of a run that finished training; an unfinished one is the user's mistake to report."""
+    config = load_run_config(run_dir)
+    if not (run_dir / EVAL).is_file():
+        raise ConfigError(f"{run_dir} has not finished training; give a finished run")
+    return config
+
+
 def evaluate_run(run_dir: Path, split: str | None = None, eval_tokens: int | None = None) -> dict[str, Any]:
     """Re-score a run's final model (the best checkpoint when it converged) on a held-out split."""
     config = load_run_config(run_dir)

@@ -56,6 +56,9 @@ def export_run(run_dir: Path, out: Path) -> Path:
 
 def _export_transformer(model: torch.nn.Module, config, store: TokenStore, directory: Path) -> None:
     from transformers import GenerationConfig, PreTrainedTokenizerFast
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one small local file: a bar would only clutter the output
 
     eod = store.tokenizer.eod_id
     # The end-of-document token starts, ends and pads every sequence: it is the only special token trained.

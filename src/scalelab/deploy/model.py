@@ -167,7 +167,9 @@ def _from_export(path: Path, name: str) -> DeployedModel:
     family = config.get("family", "transformer" if "model_type" in config else None)
     if family == "transformer":
         from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # loading a local file takes no time worth a bar
         module = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         return TransformerModel(name, tokenizer, module, module.config.max_position_embeddings)
     if family == "lstm":

@@ -159,8 +159,9 @@ def _check_model(model: DeployedModel, name: str) -> None:
 class _Run:
     """One choice: its completion, where its logprobs' text offsets start, and the pieces it has produced."""
 
-    def __init__(self, index: int, completion: Completion, offset: int):
+    def __init__(self, index: int, prompt_index: int, completion: Completion, offset: int):
         self.index = index
+        self.prompt_index = prompt_index
         self.completion = completion
         self.steps = iter(completion)
         self.logprobs = protocol.LogprobsBuilder(completion.model.tokenizer, offset)
@@ -171,11 +172,11 @@ def _start(model: DeployedModel, request: protocol.CompletionRequest) -> list[_R
     params = request.sampling
     generator = make_generator(params.seed)
     runs = []
-    for prompt in request.prompts():
+    for prompt_index, prompt in enumerate(request.prompts()):
         ids = model.tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
         offset = 0 if params.echo else len(prompt if isinstance(prompt, str) else model.tokenizer.decode(ids))
         for _ in range(request.n):
-            runs.append(_Run(len(runs), Completion(model, ids, params, generator), offset))
+            runs.append(_Run(len(runs), prompt_index, Completion(model, ids, params, generator), offset))
     return runs
 
 
@@ -199,7 +200,7 @@ async def _complete(model: DeployedModel, request: protocol.CompletionRequest, r
 
 def _usage(runs: list[_Run]) -> dict[str, int]:
     # Each prompt counts once, however many choices it has (as OpenAI counts it).
-    prompts = {id(run.completion.prompt_ids): run.completion.prompt_tokens for run in runs}
+    prompts = {run.prompt_index: run.completion.prompt_tokens for run in runs}
     return protocol.usage(sum(prompts.values()), sum(run.completion.completion_tokens for run in runs))
 
 

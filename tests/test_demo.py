@@ -1,7 +1,9 @@
 """The demo pipeline end to end at a reduced size: the same code path as `scalelab demo`, on a small dataset."""
 
 from scalelab.config import validate
-from scalelab.demo import demo_spec, run_demo
+from scalelab.demo import demo_spec, export_best, run_demo
+from scalelab.deploy.model import load_model
+from scalelab.study.api import load_results
 from scalelab.study.spec import StudySpec
 
 
@@ -16,6 +18,10 @@ def test_demo_pipeline_at_a_reduced_size(prepared, tmp_path):
     assert index == tmp_path / "mini" / "report" / "index.html"
     assert {g["family"] for g in analysis["groups"]} == {"ngram", "transformer"}
     assert analysis["sentences"] and analysis["sentences"][0][1:20] in page  # the page capitalises sentences
+    model_dir, run = export_best(spec)
+    transformers = load_results(spec.directory).query("family == 'transformer'")
+    assert run["loss"] == transformers["loss"].min() and model_dir == tmp_path / "mini" / "model"
+    assert load_model(model_dir).family == "transformer"
 
 
 def test_demo_presets_load():

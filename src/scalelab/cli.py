@@ -581,7 +581,7 @@ def demo(
     magnitude), fit the scaling laws, write the report and state what the fits say. Finished work is reused."""
     import time
 
-    from scalelab.demo import PRESETS, demo_spec, run_demo
+    from scalelab.demo import PRESETS, demo_spec, export_best, run_demo
     from scalelab.errors import ConfigError
 
     if scale not in PRESETS:
@@ -590,8 +590,15 @@ def demo(
     spec = demo_spec(scale)  # type: ignore[arg-type]
     index, analysis = run_demo(spec, workers=workers, show_progress=not quiet)
     print_fits(analysis)
+    exported = export_best(spec)
     console.print(f"demo finished in {time.perf_counter() - started:.0f} s; results: {spec.directory}")
     console.print(f"report: [bold]{index}[/] (open it in a browser)")
+    if exported is not None:
+        model_dir, run = exported
+        console.print(f"the best Transformer ({run['size']}, {run['D']:,} tokens of {run['variant']} data, "
+                      f"{run['bits_per_byte']:.3f} bits/byte) is exported as a Hugging Face model to {model_dir}; "
+                      f"try:\n  scalelab generate {model_dir} --prompt 'def '\n  scalelab serve {model_dir}",
+                      highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""The main job: prepare the built-in corpus, run the demo study, fit the laws, write the report."""
+"""The main job: prepare the built-in corpus, run the demo study, fit the laws, write the report, and export the
+best Transformer so it can be sampled and served at once."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from scalelab.report import write_report
-from scalelab.study.api import load_spec, run_study
+from scalelab.study.api import load_results, load_spec, run_study
+from scalelab.study.plan import RUNS
 from scalelab.study.spec import StudySpec
 
 Scale = Literal["cpu", "gpu"]
@@ -26,3 +28,16 @@ def run_demo(spec: StudySpec, *, workers: int | None = None, show_progress: bool
     index = write_report(spec.directory)
     analysis = json.loads((index.parent / "results.json").read_text(encoding="utf-8"))["analysis"]
     return index, analysis
+
+
+def export_best(spec: StudySpec, family: str = "transformer") -> tuple[Path, dict[str, Any]] | None:
+    """Export the study's finished run of `family` with the lowest held-out loss to STUDY_DIR/model; returns the
+    directory and the run's row, or None when the study has no such run."""
+    from scalelab.deploy.export import export_run
+
+    runs = load_results(spec.directory)
+    done = runs[(runs["status"] == "done") & (runs["family"] == family)]
+    if done.empty:
+        return None
+    best = done.loc[done["loss"].astype(float).idxmin()]
+    return export_run(spec.directory / RUNS / best["id"], spec.directory / "model"), best.to_dict()

@@ -17,6 +17,7 @@ from scalelab.data.tokenizer import Tokenizer
 from scalelab.deploy.completion import Piece
 from scalelab.deploy.sampling import SamplingParams
 
+MAX_CHOICES = 64  # one request holds one turn on the model: bound what it may queue behind it
 Prompt = StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
 
 
@@ -50,6 +51,8 @@ class CompletionRequest(SamplingParams):
             raise ValueError("stream_options apply only with stream: true")
         if isinstance(self.prompt, list) and not self.prompt:
             raise ValueError("prompt must not be an empty list")
+        if len(self.prompts()) * self.n > MAX_CHOICES:
+            raise ValueError(f"prompts x n may be at most {MAX_CHOICES} choices in one request")
         return self
 
     def prompts(self) -> list[str | list[int]]:

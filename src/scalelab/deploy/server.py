@@ -23,7 +23,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import Field
 from starlette.exceptions import HTTPException
 
@@ -127,7 +127,7 @@ def create_app(model: DeployedModel, config: ServeConfig) -> FastAPI:
         return _model_card(model)
 
     @app.post("/v1/completions")
-    async def completions(request: protocol.CompletionRequest):
+    async def completions(request: protocol.CompletionRequest, connection: Request):
         _check_model(model, request.model)
         scheduler.admit()
         try:
@@ -138,7 +138,7 @@ def create_app(model: DeployedModel, config: ServeConfig) -> FastAPI:
         if request.stream:
             return _AdmittedStream(_stream(model, request, runs, scheduler), scheduler)
         try:
-            return await _complete(model, request, runs, scheduler)
+            return await _complete(model, request, runs, scheduler, connection)
         finally:
             scheduler.leave()
 
@@ -185,12 +185,14 @@ def _logprobs(run: _Run, request: protocol.CompletionRequest, pieces: list[Piece
 
 
 async def _complete(model: DeployedModel, request: protocol.CompletionRequest, runs: list[_Run],
-                    scheduler: Scheduler) -> dict[str, Any]:
+                    scheduler: Scheduler, connection: Request) -> dict[str, Any] | Response:
     choices = []
     async with scheduler.turn():
         for run in runs:
             pieces = []
             while (step := await scheduler.step(run.steps)) is not None:
+                if await connection.is_disconnected():  # nobody is left to read the answer
+                    return Response(status_code=499)
                 pieces += step
             choices.append(protocol.choice(run.index, "".join(piece.text for piece in pieces),
                                            _logprobs(run, request, pieces), run.completion.finish_reason))

@@ -68,7 +68,16 @@ from typing import Any
 import numpy as np
 import torch
 import transformers
-import yaml
+from demo_runs import (
+    EOD_BIAS,
+    FAMILIES,
+    PROMPT_SNIPPET,
+    PROMPT_TOKENS,
+    add_runs_option,
+    demo_runs,
+    find_runs,
+    prompt_ids,
+)
 
 from scalelab.data.store import TokenStore
 from scalelab.data.tokenizer import Tokenizer
@@ -79,37 +88,10 @@ from scalelab.models.transformer import PRESETS, TransformerConfig, build_transf
 from scalelab.train.evaluate import eval_set, neural_nll, result
 from scalelab.train.run import load_run_config
 
-FAMILIES = ("transformer", "lstm", "ngram")
 NEURAL = ("transformer", "lstm")
-PROMPT_SNIPPET = ('def read_config(path):\n    """Return the settings in path as a dict."""\n'
-                  '    with open(path) as f:\n        return json.load(f)\n')
-PROMPT_TOKENS = 16
-EOD_BIAS = -100.0
 EVAL_BATCH = 8
 CPU = torch.device("cpu")
 SIZE_CONTEXT = 256  # context of the untrained --sizes models
-
-
-def find_runs(runs_dir: Path, families: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """family -> the finished run under runs_dir with the most training tokens (a tie: the raw variant, then the
-    larger run id): {"path", "run_id", "tokens", "variant", "model"}."""
-    best: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
-    for config_path in sorted(runs_dir.glob("*/config.yaml")):
-        if not (config_path.parent / "eval.json").is_file():
-            continue  # unfinished
-        config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
-        family = config.get("family")
-        if family not in families:
-            continue
-        section = config.get(family) or {}
-        run = {"path": str(config_path.parent), "run_id": config_path.parent.name, "tokens": int(config["tokens"]),
-               "variant": config.get("variant"),
-               "model": f"order {section.get('order')}" if family == "ngram" else
-               f"{section.get('size')}, context {section.get('context_length')}"}
-        key = (run["tokens"], run["variant"] == "raw", run["run_id"])
-        if family not in best or key > best[family][0]:
-            best[family] = (key, run)
-    return {family: best[family][1] for family in families if family in best}
 
 
 def sampling(model: DeployedModel, tokens: int, seed: int) -> SamplingParams:
@@ -167,7 +149,7 @@ def held_out_loss(run_dir: Path, models: dict[str, DeployedModel], eval_tokens: 
 
 
 def generation_prompt(model: DeployedModel, label: str, tokens: int) -> list[int]:
-    prompt = model.tokenizer.encode(PROMPT_SNIPPET)[:PROMPT_TOKENS]
+    prompt = prompt_ids(model.tokenizer)
     if len(prompt) + tokens > model.context_length - 1:
         raise SystemExit(f"--tokens {tokens} does not fit the {label}'s context of {model.context_length} "
                          f"with a {len(prompt)}-token prompt and the document-start token")
@@ -353,8 +335,7 @@ def parse_sizes(text: str) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=Path, default=Path("studies-out/demo/runs"),
-                        help="A study's runs directory; per family the run with the most training tokens is used.")
+    add_runs_option(parser, "per family the run with the most training tokens is used")
     parser.add_argument("--family", choices=FAMILIES, help="Benchmark this family only.")
     parser.add_argument("--tokens", type=int, default=100, help="Tokens generated per sample.")
     parser.add_argument("--repeats", type=int, default=5, help="Repeats per variant; medians are reported.")
@@ -367,12 +348,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.tokens < 2 or args.repeats < 1 or args.samples < 1 or args.eval_tokens < 1:
         parser.error("--tokens must be at least 2, and --repeats, --samples and --eval-tokens at least 1")
-    if not args.runs.is_dir():
-        raise SystemExit(f"{args.runs} does not exist: run `make demo` first (or pass --runs DIR)")
-    families = (args.family,) if args.family else FAMILIES
-    runs = find_runs(args.runs, families)
-    if missing := [family for family in families if family not in runs]:
-        raise SystemExit(f"no finished {' or '.join(missing)} run under {args.runs}: run `make demo` first")
+    runs = demo_runs(args.runs, (args.family,) if args.family else FAMILIES)
 
     torch.set_num_threads(1)
     started = time.perf_counter()

@@ -56,40 +56,13 @@ import openai
 import torch
 import transformers
 import uvicorn
-import yaml
+from demo_runs import EOD_BIAS, FAMILIES, add_runs_option, demo_runs, prompt_ids
 
 from scalelab.deploy.model import DeployedModel, load_model
 from scalelab.deploy.server import ServeConfig, create_app
 
-FAMILIES = ("transformer", "lstm", "ngram")
-PROMPT_SNIPPET = ('def read_config(path):\n    """Return the settings in path as a dict."""\n'
-                  '    with open(path) as f:\n        return json.load(f)\n')
-PROMPT_TOKENS = 16
-EOD_BIAS = -100
 VARIANTS = ("plain", "stream")
 TIMEOUT_S = 120.0
-
-
-def find_runs(runs_dir: Path, families: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """family -> the finished run under runs_dir with the most training tokens (a tie: the raw variant, then the
-    larger run id): {"path", "run_id", "tokens", "variant", "model"}."""
-    best: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
-    for config_path in sorted(runs_dir.glob("*/config.yaml")):
-        if not (config_path.parent / "eval.json").is_file():
-            continue  # unfinished
-        config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
-        family = config.get("family")
-        if family not in families:
-            continue
-        section = config.get(family) or {}
-        run = {"path": str(config_path.parent), "run_id": config_path.parent.name, "tokens": int(config["tokens"]),
-               "variant": config.get("variant"),
-               "model": f"order {section.get('order')}" if family == "ngram" else
-               f"{section.get('size')}, context {section.get('context_length')}"}
-        key = (run["tokens"], run["variant"] == "raw", run["run_id"])
-        if family not in best or key > best[family][0]:
-            best[family] = (key, run)
-    return {family: best[family][1] for family in families if family in best}
 
 
 @contextlib.contextmanager
@@ -254,8 +227,7 @@ def print_report(report: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=Path, default=Path("studies-out/demo/runs"),
-                        help="A study's runs directory; the run of --family with the most training tokens is served.")
+    add_runs_option(parser, "the run of --family with the most training tokens is served")
     parser.add_argument("--family", choices=FAMILIES, default="transformer")
     parser.add_argument("--requests", type=int, default=200, help="Requests per pass.")
     parser.add_argument("--concurrency", type=int, default=16, help="Requests in flight at once.")
@@ -270,17 +242,11 @@ def main() -> None:
     if min(args.requests, args.concurrency, args.max_tokens, args.repeats, args.overload_requests,
            args.overload_tokens) < 1:
         parser.error("--requests, --concurrency, --max-tokens, --repeats and the --overload-* counts must be >= 1")
-    if not args.runs.is_dir():
-        raise SystemExit(f"{args.runs} does not exist: run `make demo` first (or pass --runs DIR)")
-    runs = find_runs(args.runs, (args.family,))
-    if args.family not in runs:
-        raise SystemExit(f"no finished {args.family} run under {args.runs}: run `make demo` first")
-    run = runs[args.family]
+    run = demo_runs(args.runs, (args.family,))[args.family]
 
     torch.set_num_threads(1)
     model = load_model(Path(run["path"]))
-    prompt_ids = model.tokenizer.encode(PROMPT_SNIPPET)[:PROMPT_TOKENS]
-    prompt = model.tokenizer.decode(prompt_ids)
+    prompt = model.tokenizer.decode(prompt_ids(model.tokenizer))
     print(f"{args.family}: {run['run_id']} ({run['model']}, {run['tokens']:,} tokens, {run['variant']})",
           file=sys.stderr)
     started = time.perf_counter()

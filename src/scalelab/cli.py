@@ -548,9 +548,9 @@ def serve(
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         Console(stderr=True).print(f"warning: serving on {host} without --api-key: anyone who reaches this "
                                    "machine can use the model", style="yellow", markup=False)
-    console.print(f"serving [bold]{model.name}[/] ({model.family}, context {model.context_length} tokens) at "
-                  f"http://{host}:{port}/v1", highlight=False)
-    run_server(model, config)
+    run_server(model, config, on_ready=lambda url: console.print(
+        f"serving [bold]{model.name}[/] ({model.family}, context {model.context_length} tokens) at {url}",
+        highlight=False))
 
 
 @app.command()

@@ -79,3 +79,9 @@ def test_serve_answers_the_openai_client(exported):
 
 def test_serve_bad_options_are_one_line_exit_2(exported):
     assert_user_error(run_cli("serve", str(exported["transformer"]), "--max-running", "0"), "max_running")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        assert_user_error(run_cli("serve", str(exported["ngram"]), "--port", port),
+                          f"cannot listen on 127.0.0.1:{port}")

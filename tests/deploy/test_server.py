@@ -203,3 +203,29 @@ def test_every_family_serves(models, family):
     with live_server(model) as address:
         answer = client(address).completions.create(model=model.name, prompt="the data", max_tokens=6, logprobs=1)
     assert answer.model == model.name and len(answer.choices[0].logprobs.tokens) <= 6
+
+
+class Broken:
+    """A model whose every step fails, as a bug or an exhausted machine would make it."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def prefill(self, ids, every_position=False):
+        raise RuntimeError("the model broke")
+
+
+def test_a_failing_request_never_takes_the_server_down(models):
+    broken = Broken(models["transformer"])
+    body = {"model": broken.name, "prompt": "the", "max_tokens": 4}
+    with live_server(broken) as address:
+        failed = httpx.post(f"{address}/v1/completions", json=body)
+        assert failed.status_code == 500 and failed.json()["error"]["type"] == "server_error"
+        with httpx.stream("POST", f"{address}/v1/completions", json={**body, "stream": True}) as response:
+            events = [line for line in response.iter_lines() if line]
+        assert "the model broke" in events[0] and events[-1] == "data: [DONE]"
+        assert httpx.get(f"{address}/health").json()["admitted"] == 0
+        assert httpx.post(f"{address}/v1/completions", json={**body, "max_tokens": 0}).status_code == 200

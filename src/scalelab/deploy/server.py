@@ -17,6 +17,7 @@ import contextlib
 import hmac
 import json
 import logging
+import socket
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -282,9 +283,25 @@ def _install_authentication(app: FastAPI, api_key: str) -> None:
         return await call_next(request)
 
 
-def serve(model: DeployedModel, config: ServeConfig) -> None:
-    """Serve until interrupted."""
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port (port 0: any free one); a busy port or a bad address is the user's to fix."""
+    try:
+        family, kind, protocol_, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, protocol_)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def serve(model: DeployedModel, config: ServeConfig, on_ready=None) -> None:
+    """Serve until interrupted; `on_ready(url)` is called with the API's address once the port is bound."""
     import uvicorn
 
-    uvicorn.run(create_app(model, config), host=config.host, port=config.port, log_level="info",
-                timeout_graceful_shutdown=5)
+    sock = listen(config.host, config.port)
+    host, port = sock.getsockname()[:2]
+    if on_ready is not None:
+        on_ready(f"http://{f'[{host}]' if ':' in host else host}:{port}/v1")
+    server = uvicorn.Server(uvicorn.Config(create_app(model, config), log_level="info", timeout_graceful_shutdown=5))
+    server.run(sockets=[sock])

@@ -68,7 +68,7 @@ from typing import Any
 import numpy as np
 import torch
 import transformers
-from demo_runs import (
+from deploy_bench import (
     EOD_BIAS,
     FAMILIES,
     PROMPT_SNIPPET,
@@ -77,6 +77,7 @@ from demo_runs import (
     demo_runs,
     find_runs,
     prompt_ids,
+    write_results,
 )
 
 from scalelab.data.store import TokenStore
@@ -371,10 +372,7 @@ def main() -> None:
                            "sizes": args.sizes, "size_context_length": SIZE_CONTEXT},
               "families": results, "sizes": sizes, "total_seconds": time.perf_counter() - started}
     print_report(report)
-    print(f"\n{report['total_seconds']:.0f} s in all")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(report, args.out)
 
 
 if __name__ == "__main__":

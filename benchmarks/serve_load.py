@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -56,7 +55,7 @@ import openai
 import torch
 import transformers
 import uvicorn
-from demo_runs import EOD_BIAS, FAMILIES, add_runs_option, demo_runs, prompt_ids
+from deploy_bench import EOD_BIAS, FAMILIES, add_runs_option, demo_runs, prompt_ids, write_results
 
 from scalelab.deploy.model import DeployedModel, load_model
 from scalelab.deploy.server import ServeConfig, create_app
@@ -284,10 +283,7 @@ def main() -> None:
         "total_seconds": time.perf_counter() - started,
     }
     print_report(report)
-    print(f"\n{report['total_seconds']:.0f} s in all")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results(report, args.out)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-"""What the deployment benchmarks share: the demo study's trained models they measure, and the prompt."""
+"""What the deployment benchmarks share: the demo study's trained models they measure, the prompt, and how the
+results are written."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,13 @@ EOD_BIAS = -100.0  # on the end-of-document token's logit, so every generation r
 def add_runs_option(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--runs", type=Path, default=Path("studies-out/demo/runs"),
                         help=f"A study's runs directory; {what}.")
+
+
+def write_results(report: dict[str, Any], out: Path) -> None:
+    print(f"\n{report['total_seconds']:.0f} s in all")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 def prompt_ids(tokenizer) -> list[int]:

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import torch
@@ -44,5 +45,7 @@ def test_lstm_and_ngram_exports(prepared, runs, exported):
                                   KneserNeyLM.load(runs["ngram"] / "model").logprobs(stream))
 
 
-def test_export_cli_refuses_unfinished_runs(tmp_path):
+def test_export_cli_refuses_unfinished_runs(runs, tmp_path):
     assert_user_error(run_cli("export", str(tmp_path), "--out", str(tmp_path / "x")), "is not a scalelab run")
+    shutil.copy(runs["ngram"] / "config.yaml", tmp_path / "config.yaml")  # a run that never wrote eval.json
+    assert_user_error(run_cli("export", str(tmp_path), "--out", str(tmp_path / "x")), "has not finished training")

@@ -64,17 +64,18 @@ class NeuralModel(DeployedModel):
         self.context_length = context_length
 
     @abstractmethod
-    def _forward(self, ids: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
-        """(1, T) ids read on from `state` -> ((T, V) logits, state)."""
+    def _forward(self, ids: torch.Tensor, state: Any, every_position: bool) -> tuple[torch.Tensor, Any]:
+        """(1, T) ids read on from `state` -> (logits, state): (T, V) logits when `every_position`, else (1, V)
+        for the last position only; the output layer over a whole prompt is most of a small model's prefill."""
 
     @torch.inference_mode()
     def prefill(self, ids: Sequence[int], every_position: bool = False) -> tuple[Any, torch.Tensor]:
-        logits, state = self._forward(torch.tensor([list(ids)]), None)
+        logits, state = self._forward(torch.tensor([list(ids)]), None, every_position)
         return state, torch.log_softmax((logits if every_position else logits[-1]).float(), dim=-1)
 
     @torch.inference_mode()
     def step(self, state: Any, token: int) -> tuple[Any, torch.Tensor]:
-        logits, state = self._forward(torch.tensor([[token]]), state)
+        logits, state = self._forward(torch.tensor([[token]]), state, every_position=False)
         return state, torch.log_softmax(logits[-1].float(), dim=-1)
 
 
@@ -86,16 +87,17 @@ class TransformerModel(NeuralModel):
         # transformers 5.x renamed the KV-cache argument and output from `past_key_values` to `cache`.
         self.cache_name = "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
 
-    def _forward(self, ids: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
-        out = self.module(input_ids=ids, use_cache=True, **{self.cache_name: state})
+    def _forward(self, ids: torch.Tensor, state: Any, every_position: bool) -> tuple[torch.Tensor, Any]:
+        out = self.module(input_ids=ids, use_cache=True, logits_to_keep=0 if every_position else 1,
+                          **{self.cache_name: state})
         return out.logits[0], getattr(out, self.cache_name)
 
 
 class LSTMModel(NeuralModel):
     family = "lstm"
 
-    def _forward(self, ids: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
-        logits, state = self.module.forward_from(ids, state)
+    def _forward(self, ids: torch.Tensor, state: Any, every_position: bool) -> tuple[torch.Tensor, Any]:
+        logits, state = self.module.forward_from(ids, state, last_only=not every_position)
         return logits[0], state
 
 

@@ -158,7 +158,7 @@ def _check_model(model: DeployedModel, name: str) -> None:
 
 
 class _Run:
-    """One choice: its completion, where its logprobs' text offsets start, and the pieces it has produced."""
+    """One choice: its completion, the prompt it continues, and where its logprobs' text offsets start."""
 
     def __init__(self, index: int, prompt_index: int, completion: Completion, offset: int):
         self.index = index
@@ -175,7 +175,9 @@ def _start(model: DeployedModel, request: protocol.CompletionRequest) -> list[_R
     runs = []
     for prompt_index, prompt in enumerate(request.prompts()):
         ids = model.tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
-        offset = 0 if params.echo else len(prompt if isinstance(prompt, str) else model.tokenizer.decode(ids))
+        # Logprobs' text offsets count from the prompt's start; only an unechoed prompt's length is needed.
+        offset = 0 if params.echo or params.logprobs is None else len(
+            prompt if isinstance(prompt, str) else model.tokenizer.decode(ids))
         for _ in range(request.n):
             runs.append(_Run(len(runs), prompt_index, Completion(model, ids, params, generator), offset))
     return runs

@@ -99,12 +99,15 @@ class LSTMLanguageModel(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.forward_from(input_ids)[0]
 
-    def forward_from(self, input_ids: torch.Tensor, state: LSTMState | None = None
+    def forward_from(self, input_ids: torch.Tensor, state: LSTMState | None = None, last_only: bool = False
                      ) -> tuple[torch.Tensor, LSTMState]:
-        """(B, T) ids read on from `state` (None: the zero state) -> (B, T, V) logits and the state after them;
-        generation carries the state forward one token at a time instead of re-reading the window."""
+        """(B, T) ids read on from `state` (None: the zero state) -> (B, T, V) logits, or (B, 1, V) for the last
+        position when `last_only`, and the state after them; generation carries the state forward one token at a
+        time instead of re-reading the window."""
         x = self.drop(self.embed(input_ids))  # (B, T, E)
         h, state = self.lstm(x, state)  # (B, T, H)
+        if last_only:
+            h = h[:, -1:]
         return self.head(self.proj(self.drop(h))), state
 
     # Hugging Face's accessor names, so parameter accounting treats both families alike.

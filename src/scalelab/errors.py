@@ -11,3 +11,11 @@ class ConfigError(ScalelabError):
 
 class DataError(ScalelabError):
     """Input data cannot be read or does not suffice for what was asked."""
+
+
+class TrainingDiverged(ScalelabError):
+    """A loss, gradient norm, evaluation or weight became NaN or infinite: the run failed."""
+
+
+class OutputError(ScalelabError):
+    """An output path cannot be written: it has the wrong type, its place is not writable, or the write failed."""

@@ -147,3 +147,12 @@ def test_multiple_sources_are_labelled(tmp_path, corpus):
     assert sources == {"corpus", "o"}
     assert [s["files"] for s in store.manifest["sources"]] == [80, 40]
     assert os.path.isfile(store.path / "tokenizer.json")
+
+
+def test_force_never_replaces_a_directory_that_is_not_a_dataset(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's")
+    with pytest.raises(DataError, match="not a scalelab dataset"):
+        prepare(tiny_config(write_corpus(tmp_path / "corpus", n_docs=10), mine), force=True, show_progress=False)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]

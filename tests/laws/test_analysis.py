@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scalelab.errors import DataError
+from scalelab.errors import ConfigError, DataError
 from scalelab.laws.analysis import analyse, choose_form, load_points
 from tests.conftest import run_cli
 from tests.test_cli import assert_user_error
@@ -82,3 +82,65 @@ def test_fit_on_a_finished_study(prepared, tmp_path):
     result = run_cli("fit", str(tmp_path / "out" / "s"), "--bootstrap", "20")
     assert result.returncode == 0, result.stderr
     assert "ngram (raw): data law, 5 points" in result.stdout
+
+
+def test_bad_csv_cells_name_the_row_and_column(tmp_path):
+    text = law_points().to_csv(index=False).splitlines()
+    header = text[0].split(",")
+    cells = text[4].split(",")
+    cells[header.index("loss")] = "abc"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\n".join([*text[:4], ",".join(cells), *text[5:]]) + "\n")
+    for command in (["fit", str(bad)], ["plan-data", str(bad), "--target-loss", "1.5"]):
+        assert_user_error(run_cli(*command, "--unit", "nats", "--bootstrap", "5"),
+                          "bad.csv: row 4, column loss: 'abc' is not a number")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_points_fail_naming_the_row_and_column(tmp_path, value):
+    frame = law_points()
+    frame.loc[3, "loss"] = value
+    path = tmp_path / "points.csv"
+    frame.to_csv(path, index=False)
+    assert_user_error(run_cli("fit", str(path), "--unit", "nats", "--bootstrap", "5"),
+                      "row 4", "column loss", "not a finite number")
+    with pytest.raises(DataError, match="column D"):
+        analyse(law_points().assign(D=value), unit="nats", bootstrap=0)
+
+
+def test_a_missing_default_unit_column_suggests_nats(tmp_path):
+    path = tmp_path / "nats.csv"
+    law_points().drop(columns=["bits_per_byte"]).to_csv(path, index=False)
+    assert_user_error(run_cli("fit", str(path), "--bootstrap", "5"), "no 'bits_per_byte' column", "--unit nats")
+    neither = tmp_path / "neither.csv"
+    law_points().drop(columns=["bits_per_byte", "loss"]).to_csv(neither, index=False)
+    assert_user_error(run_cli("fit", str(neither)), "missing column(s) loss", "columns are family, variant, D, U")
+
+
+@pytest.mark.parametrize(("option", "value", "fragment"), [
+    ("--epsilon", "0", "epsilon"), ("--epsilon", "1", "epsilon"), ("--epsilon", "nan", "epsilon"),
+    ("--target", "nan", "target"), ("--target", "inf", "target"), ("--target", "0", "target"),
+    ("--target", "-1", "target"), ("--bootstrap", "-1", "bootstrap"),
+])
+def test_fit_refuses_out_of_range_options(tmp_path, option, value, fragment):
+    path = tmp_path / "points.csv"
+    law_points().to_csv(path, index=False)
+    result = run_cli("fit", str(path), "--unit", "nats", "--bootstrap", "5", f"{option}={value}")
+    assert_user_error(result, fragment, value)
+    assert "no law could be fitted" not in result.stderr and result.stdout == ""
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_plan_data_refuses_a_target_loss_that_is_not_positive_and_finite(tmp_path, value):
+    path = tmp_path / "points.csv"
+    law_points().to_csv(path, index=False)
+    result = run_cli("plan-data", str(path), "--unit", "nats", "--bootstrap", "5", f"--target-loss={value}")
+    assert_user_error(result, "target", value)
+
+
+def test_analyse_validates_its_options():
+    frame = law_points()
+    for options, fragment in (({"epsilon": 1.5}, "epsilon"), ({"target": float("nan")}, "target"),
+                              ({"bootstrap": -2}, "bootstrap"), ({"level": 1.0}, "level")):
+        with pytest.raises(ConfigError, match=fragment):
+            analyse(frame, unit="nats", **options)

@@ -7,6 +7,7 @@ import socket
 import numpy as np
 import pytest
 
+from scalelab.errors import OutputError
 from scalelab.report import _refit, write_report
 from scalelab.report.html import SECTIONS
 from scalelab.study.results import PlannedRow, ResultsStore
@@ -174,13 +175,35 @@ def test_a_failing_figure_leaves_the_previous_report(report, monkeypatch, tmp_pa
     def broken(*args, **kwargs):
         raise RuntimeError("no figure today")
 
+    with monkeypatch.context() as patch:
+        patch.setattr("scalelab.report.plots.learning_curves", broken)
+        with pytest.raises(RuntimeError, match="no figure today"):
+            write_report(study, out, bootstrap=5)
+    assert not out.exists() and not list(out.parent.iterdir())  # nothing half-written, no staging left
+    previous = write_report(study, out, bootstrap=5).read_text()
     monkeypatch.setattr("scalelab.report.plots.learning_curves", broken)
     with pytest.raises(RuntimeError, match="no figure today"):
         write_report(study, out, bootstrap=5)
-    assert not out.exists() and not list(out.parent.iterdir())  # nothing half-written, no staging left
-    out.mkdir()
-    (out / "index.html").write_text("the previous report")
-    with pytest.raises(RuntimeError, match="no figure today"):
-        write_report(study, out, bootstrap=5)
     assert [p.name for p in out.parent.iterdir()] == ["report"]
-    assert (out / "index.html").read_text() == "the previous report"
+    assert (out / "index.html").read_text() == previous
+
+
+def test_a_report_replaces_only_an_earlier_report(report, tmp_path):
+    index, _, _ = report
+    study = index.parents[1]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("not a report")
+    with pytest.raises(OutputError, match="not a scalelab report"):
+        write_report(study, mine, bootstrap=5)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    out = tmp_path / "report"
+    write_report(study, out, bootstrap=5)
+    (out / "index.html").write_text("stale")
+    write_report(study, out, bootstrap=5)  # an earlier report is remade without --force
+    assert "<html" in (out / "index.html").read_text()
+    (out / "notes.txt").write_text("added by hand")
+    with pytest.raises(OutputError, match="notes.txt"):
+        write_report(study, out, bootstrap=5)
+    assert (out / "notes.txt").read_text() == "added by hand"
+    assert oct(out.stat().st_mode & 0o777) == "0o755"

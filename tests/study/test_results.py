@@ -178,7 +178,8 @@ def test_a_killed_writer_loses_nothing_it_committed(tmp_path):
     with log.open("w") as out:
         child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
-    while log.read_text().count("\n") < 30 and child.poll() is None and time.monotonic() < deadline:
+    # "ready" and then at least 30 committed rows, so the kill lands well inside the loop.
+    while log.read_text().count("\n") < 31 and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     os.kill(child.pid, signal.SIGKILL)
     child.wait()

@@ -38,6 +38,7 @@ from scalelab.data.store import FORMAT_VERSION, MANIFEST, TOKENIZER, SplitWriter
 from scalelab.data.tokenizer import Tokenizer, TokenizerConfig, build_tokenizer, load_cached
 from scalelab.data.variants import Selection, VariantName, select, text_of
 from scalelab.errors import DataError
+from scalelab.io import check_writable_dir, writing
 from scalelab.parallel import ordered_map
 from scalelab.progress import progress, stderr_console
 
@@ -116,6 +117,7 @@ class RunStats:
 def prepare(config: PrepareConfig, *, force: bool = False, show_progress: bool = True) -> TokenStore:
     """Prepare a dataset; an existing one with the same content config is reused unless `force`."""
     out = config.out
+    check_writable_dir(out)
     existing = _existing(out, config, force)
     if existing is not None:
         stderr_console.print(f"[green]reusing[/] {out} (prepared with the same config; --force rebuilds it)")
@@ -123,10 +125,12 @@ def prepare(config: PrepareConfig, *, force: bool = False, show_progress: bool =
     for source in config.sources:
         resolve_type(source)  # fail on a missing path or unknown type before any work starts
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # --workers is the one parallelism knob
-    tmp = _fresh_temp_dir(out)
+    with writing(out):
+        tmp = _fresh_temp_dir(out)
     try:
         manifest = _prepare_into(tmp, config, show_progress)
-        _commit(tmp, out)
+        with writing(out):
+            _commit(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -136,12 +140,13 @@ def prepare(config: PrepareConfig, *, force: bool = False, show_progress: bool =
 def _existing(out: Path, config: PrepareConfig, force: bool) -> TokenStore | None:
     if not out.exists():
         return None
-    if force:
-        return None
     if not (out / MANIFEST).is_file():
         if out.is_dir() and not any(out.iterdir()):
             return None
+        # Not even --force replaces it: the swap would delete files scalelab did not write.
         raise DataError(f"{out} exists and is not a scalelab dataset; choose another --out or remove it")
+    if force:
+        return None
     store = TokenStore.open(out)
     if store.manifest.get("config_fingerprint") == config.fingerprint():
         return store

@@ -6,6 +6,7 @@ data-constrained law; several model sizes and several data sizes -> the joint L(
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,21 +19,16 @@ from scalelab.laws.fit import LawFitError, backtest, fit_law
 Unit = Literal["nats", "bits_per_byte"]
 LOSS_COLUMN = {"nats": "loss", "bits_per_byte": "bits_per_byte"}
 REQUIRED = ("D",)
+NUMERIC = ("D", "N", "U", "loss", "bits_per_byte")
 FAR = 1000  # an answer beyond FAR x the largest D measured is an extrapolation too far to state as a number
 
 
 def load_points(source: Path) -> Any:
     """A frame with one row per finished run: from a study directory (or spec), or a CSV (columns N, D, loss,
-    and optionally U, bits_per_byte, family, variant, size)."""
-    import pandas as pd
-
+    and optionally U, bits_per_byte, family, variant, size). Rows are numbered from 1, a CSV's in file order after
+    the header, so that an error can name them."""
     if source.suffix.lower() == ".csv":
-        if not source.is_file():
-            raise DataError(f"no such CSV file: {source}")
-        try:
-            frame = pd.read_csv(source)
-        except (ValueError, OSError) as exc:
-            raise DataError(f"{source} is not a readable CSV: {exc}") from None
+        frame = _read_csv(source)
     else:
         from scalelab.study.api import load_results
 
@@ -40,14 +36,68 @@ def load_points(source: Path) -> Any:
         frame = frame[frame["status"] == "done"]
     missing = [c for c in REQUIRED if c not in frame.columns]
     if "loss" not in frame.columns and "bits_per_byte" not in frame.columns:
-        missing.append("loss")
+        missing.append("loss (or bits_per_byte)")
     if missing:
         raise DataError(f"{source}: missing column(s) {', '.join(missing)}; columns are {', '.join(frame.columns)}")
     for column, default in (("family", "model"), ("variant", "data"), ("U", None)):
         if column not in frame.columns:
             frame[column] = frame["D"] if column == "U" else default
     frame["U"] = frame["U"].fillna(frame["D"])
-    return frame.reset_index(drop=True)
+    frame.index = range(1, len(frame) + 1)
+    return frame
+
+
+def _read_csv(source: Path) -> Any:
+    import pandas as pd
+
+    if not source.is_file():
+        raise DataError(f"no such CSV file: {source}")
+    try:
+        frame = pd.read_csv(source)
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{source} is not a readable CSV: {exc}") from None
+    for column in NUMERIC:
+        if column not in frame.columns or pd.api.types.is_numeric_dtype(frame[column]):
+            continue
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = (values.isna() & frame[column].notna()).to_numpy()
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise DataError(f"{source}: row {row + 1}, column {column}: {frame[column].iloc[row]!r} is not a number"
+                            + (f" ({int(bad.sum())} rows in all)" if bad.sum() > 1 else ""))
+        frame[column] = values
+    return frame
+
+
+def check_options(*, bootstrap: int = 200, target: float | None = None, epsilon: float = 0.01,
+                  level: float = 0.9) -> None:
+    """Refuse settings no fit or answer can use, all problems in one ConfigError. `analyse` calls it; a caller
+    with slow work before `analyse` (loading a study) calls it first too."""
+    problems = []
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, (int, np.integer)) or bootstrap < 0:
+        problems.append(f"bootstrap must be a count of resamples, 0 or more (got {bootstrap!r})")
+    if target is not None and not (math.isfinite(target) and target > 0):
+        problems.append(f"the target loss must be a positive finite number (got {target})")
+    if not 0 < epsilon < 1:  # false for NaN too
+        problems.append(f"epsilon must lie strictly between 0 and 1 (got {epsilon})")
+    if not 0 < level < 1:
+        problems.append(f"level must lie strictly between 0 and 1 (got {level})")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def _check_points(frame: Any, column: str) -> None:
+    """Every value a fit uses must be a finite number: dropping a point silently would fit other data than given.
+    Rows are named by the frame's index (load_points numbers them from 1)."""
+    for name in ("D", "U", column):
+        if name not in frame.columns:
+            continue
+        bad = ~np.isfinite(frame[name].to_numpy(dtype=float))
+        if bad.any():
+            row = frame.iloc[int(np.argmax(bad))]
+            raise DataError(f"row {row.name} ({row['family']} {row['variant']}, D={row['D']:g}), column {name}: "
+                            f"{row[name]:g} is not a finite number"
+                            + (f" ({int(bad.sum())} rows in all)" if bad.sum() > 1 else ""))
 
 
 def choose_form(group: Any) -> str:
@@ -67,12 +117,16 @@ def _inputs(group: Any, form: str) -> dict[str, np.ndarray]:
 def analyse(frame: Any, *, unit: Unit = "bits_per_byte", bootstrap: int = 200, seed: int = 0,
             target: float | None = None, epsilon: float = 0.01, level: float = 0.9) -> dict[str, Any]:
     """Fit every (family, variant) group; answer the planning questions; JSON-ready."""
+    check_options(bootstrap=bootstrap, target=target, epsilon=epsilon, level=level)
     column = LOSS_COLUMN[unit]
     if column not in frame.columns:
-        raise ConfigError(f"--unit {unit}: the points have no {column!r} column")
+        others = [u for u, c in LOSS_COLUMN.items() if c != column and c in frame.columns]
+        raise ConfigError(f"--unit {unit}: the points have no {column!r} column; columns are "
+                          f"{', '.join(map(str, frame.columns))}"
+                          + "".join(f"; for {LOSS_COLUMN[u]!r} pass --unit {u}" for u in others))
+    _check_points(frame, column)
     groups, fits = [], {}
     for (family, variant), group in frame.groupby(["family", "variant"], sort=True):
-        group = group[np.isfinite(group[column].to_numpy(dtype=float))]
         form = choose_form(group)
         label = f"the {family} ({variant})"
         entry: dict[str, Any] = {"family": family, "variant": variant, "form": form, "points": int(len(group))}

@@ -13,8 +13,6 @@ import json
 import math
 import os
 import platform
-import shutil
-import tempfile
 from collections import Counter
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -23,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from scalelab import __version__
 from scalelab.errors import ScalelabError
+from scalelab.io import check_replaceable, publish_directory
 from scalelab.laws.analysis import LOSS_COLUMN, Unit, analyse, load_points
 from scalelab.laws.fit import Fit, fit_law
 from scalelab.laws.forms import FORMS
@@ -34,6 +34,7 @@ from scalelab.study.results import RunRecord
 
 __all__ = ["write_report"]
 
+MARKER = ".scalelab-report.json"
 SEED = 0  # the bootstrap's seed, shared by the analysis and the refits that draw its bands
 # The data metrics read each view's first tokens up to the most any run trained on, and at most this many: on fewer,
 # variants that differ later in their order (the demo's duplicates) would measure the same.
@@ -52,6 +53,8 @@ def write_report(study_dir: Path, out: Path | None = None, *, unit: Unit = "bits
     in `unit` with `bootstrap` resamples. Returns the path of index.html."""
     study_dir = study_directory(Path(study_dir))
     out = Path(out) if out is not None else study_dir / "report"
+    # A report is remade whenever asked: an earlier one is replaced, but never a directory it did not write.
+    check_replaceable(out, MARKER, "report", force=True)
     with open_results(study_dir) as store:
         records = store.records()
     runs = load_results(study_dir)
@@ -71,14 +74,13 @@ def write_report(study_dir: Path, out: Path | None = None, *, unit: Unit = "bits
         (directory / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False, allow_nan=False)
                                                 + "\n", encoding="utf-8")
 
-    _publish(out, build)
+    publish_directory(out, build, MARKER, {"scalelab_version": __version__, "study": str(study_dir)})
     return out / "index.html"
 
 
-def _group(points: Any, family: str, variant: str, column: str) -> Any:
+def _group(points: Any, family: str, variant: str) -> Any:
     """A group's points as `analyse` fitted them, in the same order, so that backtest indices refer to them."""
-    group = points[(points["family"] == family) & (points["variant"] == variant)]
-    return group[np.isfinite(group[column].to_numpy(dtype=float))].reset_index(drop=True)
+    return points[(points["family"] == family) & (points["variant"] == variant)].reset_index(drop=True)
 
 
 def _refit(points: Any, analysis: dict[str, Any]) -> dict[tuple[str, str], Fit]:
@@ -89,7 +91,7 @@ def _refit(points: Any, analysis: dict[str, Any]) -> dict[tuple[str, str], Fit]:
     for entry in analysis["groups"]:
         if "fit" not in entry:
             continue
-        group = _group(points, entry["family"], entry["variant"], column)
+        group = _group(points, entry["family"], entry["variant"])
         inputs = {name: group[name].to_numpy(dtype=float) for name in FORMS[entry["form"]].inputs}
         fits[entry["family"], entry["variant"]] = fit_law(
             entry["form"], inputs, group[column].to_numpy(dtype=float), unit=analysis["unit"],
@@ -106,7 +108,7 @@ def _series(points: Any, analysis: dict[str, Any], fits: dict[tuple[str, str], F
     panels: dict[str, list[plots.Series]] = {}
     for entry in analysis["groups"]:
         family, variant = entry["family"], entry["variant"]
-        group = _group(points, family, variant, LOSS_COLUMN[analysis["unit"]])
+        group = _group(points, family, variant)
         held = np.zeros(len(group), dtype=bool)
         predicted = np.full(len(group), np.nan)
         if fitted and entry.get("backtest"):
@@ -138,7 +140,7 @@ def _comparisons(points: Any, analysis: dict[str, Any], fits: dict[tuple[str, st
     comparisons = []
     for item in analysis["multipliers"]:
         family, base, other = item["family"], item["base"], item["other"]
-        means = [_group(points, family, v, column).groupby("D")[column].mean() for v in (base, other)]
+        means = [_group(points, family, v).groupby("D")[column].mean() for v in (base, other)]
         shared = means[0].index.intersection(means[1].index)
         note = (f"effective-data multiplier at {format_tokens(item['D'])}: {item['value']:.2f}× "
                 f"({item['low']:.2f}–{item['high']:.2f})")
@@ -276,27 +278,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def _publish(out: Path, build) -> None:
-    """Build the report in a directory beside `out`, then rename it into place, replacing any previous report."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
-        build(staging)
-        staging.chmod(0o755)  # mkdtemp makes it private; a report is for reading
-        previous = None
-        if out.exists():
-            previous = staging.with_name(staging.name + ".previous")
-            os.replace(out, previous)
-        try:
-            os.replace(staging, out)
-        except BaseException:
-            if previous is not None:
-                os.replace(previous, out)
-            raise
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if previous is not None:
-        shutil.rmtree(previous)

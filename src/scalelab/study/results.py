@@ -21,7 +21,6 @@ import json
 import os
 import socket
 import sqlite3
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from scalelab.errors import ConfigError, ScalelabError
+from scalelab.io import check_writable_file, write_bytes_atomic
 
 if TYPE_CHECKING:
     import pandas
@@ -269,9 +269,10 @@ class ResultsStore:
         """Write `frame(ids)` to `path`; a reader of `path` sees the old file or the new one, never part of one."""
         if fmt not in ("csv", "parquet"):
             raise ConfigError(f"export format must be csv or parquet, not {fmt!r}")
+        check_writable_file(Path(path))
         table = self.frame(ids)
         data = table.to_csv(index=False).encode("utf-8") if fmt == "csv" else table.to_parquet(index=False)
-        _write_bytes_atomic(Path(path), data)
+        write_bytes_atomic(Path(path), data)
 
     def close(self) -> None:
         self._db.close()
@@ -312,6 +313,13 @@ def _flat(record: RunRecord) -> dict[str, Any]:
     }
 
 
+def runner_gone(record: RunRecord) -> bool:
+    """A row left running by a runner on this host that no longer exists (a `study run` killed outright); the
+    next `study run` resumes it. A runner on another host cannot be checked from here and counts as alive."""
+    return (record.status == "running" and record.runner_host == socket.gethostname()
+            and record.runner_pid is not None and not _other_process_alive(record.runner_pid))
+
+
 def _other_process_alive(pid: int) -> bool:
     if pid == os.getpid():
         return False
@@ -322,15 +330,3 @@ def _other_process_alive(pid: int) -> bool:
     except PermissionError:  # it exists, under another user
         return True
     return True
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

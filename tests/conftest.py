@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -62,7 +67,26 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
                           timeout=300)
 
 
-__all__ = ["SourceConfig", "make_text", "run_cli", "tiny_config", "write_corpus"]
+def signal_when(process: subprocess.Popen, ready: Callable[[], bool], sig: int, timeout: float = 180) -> None:
+    """Send `sig` to the process group of `process` (started with start_new_session=True) at a moment when
+    `ready()` holds. The group is frozen with SIGSTOP while `ready()` looks, so the state it saw is the state the
+    signal meets: a run cannot finish between the look and the signal, however slow or busy the machine."""
+    deadline = time.monotonic() + timeout
+    while process.poll() is None:
+        os.killpg(process.pid, signal.SIGSTOP)
+        try:
+            if ready():
+                os.killpg(process.pid, sig)
+                return
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # a SIGKILL may have ended the whole group
+                os.killpg(process.pid, signal.SIGCONT)
+        assert time.monotonic() < deadline, "the awaited state never came"
+        time.sleep(0.02)
+    raise AssertionError(f"the process ended (exit {process.returncode}) before the awaited state")
+
+
+__all__ = ["SourceConfig", "make_text", "run_cli", "signal_when", "tiny_config", "write_corpus"]
 
 
 PROSE = ("the", "model", "learns", "from", "data", "and", "the", "loss", "falls", "with", "more", "tokens", "of",

@@ -1,12 +1,12 @@
 import json
+import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from tests.conftest import run_cli, write_corpus
+from tests.conftest import run_cli, signal_when, write_corpus
 
 SMALL = ["--set", "split.validation=0.1", "--set", "split.test=0.1", "--set", "tokenizer.vocab_size=300", "-q"]
 
@@ -92,12 +92,10 @@ def test_sigkill_mid_run_leaves_no_dataset_and_rerun_succeeds(tmp_path):
     corpus = write_corpus(tmp_path / "corpus", n_docs=1500)
     out = tmp_path / "ds"
     args = [sys.executable, "-m", "scalelab", "prepare", str(corpus), "--out", str(out), *SMALL]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while not list(tmp_path.glob(".ds.tmp-*")) and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.1)  # well inside the run: it tokenizes ~1 MB after staging
-    process.send_signal(signal.SIGKILL)
+    process = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Killed mid-way: its temporary directory holds tokenized shards but has not been renamed into place.
+    signal_when(process, lambda: bool(list(tmp_path.glob(".ds.tmp-*/**/tokens.bin"))) and not out.exists(),
+                signal.SIGKILL)
     process.wait()
     assert not out.exists()
     result = run_cli("prepare", str(corpus), "--out", str(out), *SMALL)
@@ -173,3 +171,116 @@ def test_train_bad_input_is_one_line_exit_2(prepared, tmp_path):
     assert_user_error(run_cli("evaluate", str(out)), "unreadable weights")
     assert_user_error(run_cli("train", *data, "--tokens", "5000", "--family", "transformer", "--out", str(out),
                               *TINY_TRANSFORMER), "holds another run")
+
+
+@pytest.mark.parametrize("count", ["inf", "1e999", "-inf", "nan", "0", "-5", "0.4", "-2k", "1e999k"])
+def test_counts_must_be_positive_finite_numbers(count):
+    from scalelab.cli import _parse_count
+    from scalelab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"not a token count: {re.escape(repr(count))}"):
+        _parse_count(count)
+    assert _parse_count("2.5k") == 2500 and _parse_count("1_000") == 1000
+
+
+def test_an_infinite_token_count_is_one_line_exit_2(prepared, tmp_path):
+    assert_user_error(run_cli("train", "--data", str(prepared.path), "--tokens", "inf", "--family", "ngram",
+                              "--out", str(tmp_path / "run")), "not a token count: 'inf'")
+
+
+def test_evaluate_refuses_bad_options_and_damaged_runs(prepared, tmp_path):
+    out = tmp_path / "run"
+    ok = run_cli("train", "--data", str(prepared.path), "--tokens", "4k", "--family", "ngram", "--size", "2",
+                 "--out", str(out), "-q")
+    assert ok.returncode == 0, ok.stderr
+    for count in ("1e999", "0", "-1"):
+        assert_user_error(run_cli("evaluate", str(out), "--eval-tokens", count), "not a token count")
+    assert_user_error(run_cli("evaluate", str(out), "--split", "train"), "eval_split", "'validation' or 'test'")
+    config = out / "config.yaml"
+    config.write_text("data: [unclosed\n")
+    assert_user_error(run_cli("evaluate", str(out)), str(config), "not valid YAML")
+    assert_user_error(run_cli("train", "--data", str(prepared.path), "--tokens", "4k", "--family", "ngram",
+                              "--size", "2", "--out", str(out)), str(config), "not valid YAML")
+    config.write_text("- a list\n- not a mapping\n")
+    assert_user_error(run_cli("evaluate", str(out)), str(config), "must hold a mapping")
+
+
+def test_a_damaged_result_is_one_line_exit_2(prepared, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--data", str(prepared.path), "--tokens", "4k", "--family", "ngram", "--size", "2",
+            "--out", str(out), "-q"]
+    assert run_cli(*args).returncode == 0
+    (out / "eval.json").write_text('{"eval": ')
+    assert_user_error(run_cli(*args), str(out / "eval.json"), "not a readable run result")
+    assert_user_error(run_cli("export", str(out), "--out", str(tmp_path / "model")), "not a readable run result")
+
+
+def test_a_learning_rate_past_what_the_optimizer_can_hold_is_refused(prepared, tmp_path):
+    assert_user_error(run_cli("train", "--data", str(prepared.path), "--tokens", "4k", "--family", "transformer",
+                              "--out", str(tmp_path / "run"), "--set", "optim.lr=1e38", "-q"), "optim.lr")
+
+
+def test_damaged_datasets_are_one_line_exit_2_and_info_verify_checks_content(prepared, tmp_path):
+    import shutil
+
+    dataset = shutil.copytree(prepared.path, tmp_path / "dataset")
+    ok = run_cli("info", str(dataset), "--verify")
+    assert ok.returncode == 0, ok.stderr
+    assert "verified: every split and the tokenizer match the fingerprint" in ok.stdout
+    tokens = dataset / "validation" / "tokens.bin"
+    data = bytearray(tokens.read_bytes())
+    data[10] ^= 0x01
+    tokens.write_bytes(bytes(data))
+    assert run_cli("info", str(dataset)).returncode == 0  # only the sizes are checked on open
+    assert_user_error(run_cli("info", str(dataset), "--verify"), "validation", "does not match")
+    with tokens.open("r+b") as handle:
+        handle.truncate(len(data) - 2)
+    assert_user_error(run_cli("train", "--data", str(dataset), "--tokens", "4k", "--family", "ngram", "--size", "2",
+                              "--out", str(tmp_path / "run")),
+                      f"dataset is corrupt: {tokens}: expected {len(data)} bytes, found {len(data) - 2}")
+    for document in ("[]", "3"):
+        (dataset / "manifest.json").write_text(document)
+        assert_user_error(run_cli("info", str(dataset)), str(dataset / "manifest.json"), "not a dataset manifest")
+
+
+def test_a_diverging_run_is_one_line_exit_2(prepared, tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("train", "--data", str(prepared.path), "--tokens", "4000", "--family", "transformer",
+                     "--out", str(out), *TINY_TRANSFORMER, "--set", "steps=2", "--set", "optim.lr=1e30")
+    assert_user_error(result, "training diverged", "last good checkpoint")
+    assert not (out / "eval.json").exists()
+
+
+def test_unwritable_or_wrong_type_outputs_are_one_line_exit_2_before_any_work(prepared, tmp_path):
+    from tests.report.test_report import make_study
+
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("mine")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    corpus = write_corpus(tmp_path / "corpus")
+    points = tmp_path / "points.csv"
+    points.write_text("D,loss\n" + "".join(f"{d},{1 + 30 * d ** -0.3}\n" for d in (1e4 * 2**k for k in range(8))))
+    study = make_study(tmp_path, str(prepared.path))
+    train = ["train", "--data", str(prepared.path), "--tokens", "1000", "--family", "ngram", "-q"]
+    commands = {
+        "prepare": (["prepare", str(corpus), *SMALL, "--out"], blocker, blocker / "ds"),
+        "train": ([*train, "--out"], blocker, blocker / "run"),
+        "fit": (["fit", str(points), "--unit", "nats", "--bootstrap", "5", "--json"], folder, blocker / "f.json"),
+        "data-report": (["data-report", str(prepared.path), "--json"], folder, blocker / "r.json"),
+        "study export": (["study", "export", str(study), "--out"], folder, blocker / "x.csv"),
+        "report": (["report", str(study), "--bootstrap", "5", "--out"], blocker, blocker / "report"),
+    }
+    for name, (args, wrong_type, unwritable) in commands.items():
+        for path in (wrong_type, unwritable):
+            result = run_cli(*args, str(path))
+            assert_user_error(result, str(wrong_type if path == wrong_type else blocker))
+            assert result.stdout == "", name  # refused before the work, not after it
+    assert blocker.read_text() == "mine" and not any(folder.iterdir())
+
+
+def test_a_write_that_fails_after_the_checks_is_one_line_exit_2(tmp_path):
+    points = tmp_path / "points.csv"
+    points.write_text("D,loss\n" + "".join(f"{d},{1 + 30 * d ** -0.3}\n" for d in (1e4 * 2**k for k in range(8))))
+    assert_user_error(run_cli("fit", str(points), "--unit", "nats", "--bootstrap", "5", "--json",
+                              "/proc/scalelab-no-such-dir/fits.json"), "/proc")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -111,12 +112,23 @@ def prepare(
 
 
 @app.command()
-def info(dataset: Annotated[Path, typer.Argument(help="A prepared dataset directory.")]) -> None:
+def info(
+    dataset: Annotated[Path, typer.Argument(help="A prepared dataset directory.")],
+    verify: Annotated[bool, typer.Option(
+        "--verify", help="Re-hash every split and the tokenizer against the manifest's fingerprint.")] = False,
+) -> None:
     """Print the summary of a prepared dataset."""
     from scalelab.data import TokenStore
+    from scalelab.errors import DataError
 
     store = TokenStore.open(dataset)
     print_summary(store.manifest, store.path)
+    if verify:
+        differing = store.verify()
+        if differing:
+            raise DataError(f"dataset is corrupt: {', '.join(differing)} in {store.path} does not match the "
+                            "fingerprint recorded when it was prepared; prepare it again")
+        console.print("verified: every split and the tokenizer match the fingerprint")
 
 
 @app.command("data-report")
@@ -130,7 +142,10 @@ def data_report(
     from scalelab.data import TokenStore
     from scalelab.data.report import data_report as build_report
     from scalelab.data.summary import examples_table, funnel_table, metrics_table, mixture_table, splits_table
+    from scalelab.io import check_writable_file, write_json_atomic
 
+    if json_out is not None:
+        check_writable_file(json_out)
     store = TokenStore.open(dataset)
     report = build_report(store, max_tokens=max_tokens)
     console.print(f"{store.manifest['minhash']['description']}")
@@ -138,8 +153,6 @@ def data_report(
                   metrics_table(report["metrics"]), mixture_table(report["metrics"])):
         console.print(table)
     if json_out is not None:
-        from scalelab.io import write_json_atomic
-
         write_json_atomic(json_out, report)
         console.print(f"wrote {json_out}")
 
@@ -162,17 +175,22 @@ def _train_config(data: Path | None, variant: str | None, tokens: str | None, fa
 
 
 def _parse_count(text: str) -> int:
-    """`2000000`, `2M`, `500k`, `1.5e6` -> an integer count."""
+    """`2000000`, `2M`, `500k`, `1.5e6` -> a positive integer count."""
+    import math
+
     from scalelab.errors import ConfigError
 
     units = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9}
     raw = text.strip().lower().replace("_", "").replace(",", "")
+    number, unit = (raw[:-1], units[raw[-1]]) if raw[-1:] in units else (raw, 1.0)
     try:
-        if raw and raw[-1] in units:
-            return int(float(raw[:-1]) * units[raw[-1]])
-        return int(float(raw))
+        value = float(number) * unit
     except ValueError:
-        raise ConfigError(f"not a token count: {text!r} (try 2000000, 2M or 500k)") from None
+        value = math.nan
+    # float() reads "inf", "nan" and "1e999" (as inf); none of them, nor anything under one, counts tokens.
+    if not math.isfinite(value) or value < 1:
+        raise ConfigError(f"not a token count: {text!r} (a positive number such as 2000000, 2M or 500k)")
+    return int(value)
 
 
 def print_eval(outcome: dict[str, Any], title: str) -> None:
@@ -311,19 +329,23 @@ def study_run(
 
 @study_app.command("status")
 def study_status(target: StudyTarget) -> None:
-    """Runs done, running, pending and failed; time spent and left."""
+    """Runs done, running, interrupted (their runner is gone), pending and failed; time spent and left."""
     from rich.table import Table
 
     from scalelab.study.api import status
 
     info = status(target)
+    states = ("done", "running", "interrupted", "pending", "failed")
     table = Table(title=f"{info['total']} runs", header_style="bold")
-    for column in ("done", "running", "pending", "failed", "time spent", "time left (est., one worker)"):
+    for column in (*states, "time spent", "time left (est., one worker)"):
         table.add_column(column, justify="right")
     counts = info["counts"]
-    table.add_row(*(str(counts.get(s, 0)) for s in ("done", "running", "pending", "failed")),
-                  _duration(info["seconds_spent"]), _duration(info["seconds_left_estimate"]))
+    table.add_row(*(str(counts[s]) for s in states), _duration(info["seconds_spent"]),
+                  _duration(info["seconds_left_estimate"]))
     console.print(table)
+    for family, size, variant, d, pid, host in info["interrupted"]:
+        console.print(f"[yellow]interrupted[/] {family} {size} {variant} D={d:,}: its runner (pid {pid} on {host}) "
+                      "is gone; `scalelab study run` resumes it", highlight=False)
     for family, size, variant, d, error in info["failed"]:
         console.print(f"[red]failed[/] {family} {size} {variant} D={d:,}: {' '.join(error)}")
 
@@ -401,13 +423,15 @@ def fit(
         "--json", help="Also write the fits and answers as JSON here.")] = None,
 ) -> None:
     """Fit scaling laws to a study's results (or a CSV), with intervals, backtests and planner answers."""
-    from scalelab.laws.analysis import analyse, load_points
+    from scalelab.io import check_writable_file, write_json_atomic
+    from scalelab.laws.analysis import analyse, check_options, load_points
 
+    check_options(bootstrap=bootstrap, target=target, epsilon=epsilon)
+    if json_out is not None:
+        check_writable_file(json_out)
     analysis = analyse(load_points(source), unit=_unit(unit), bootstrap=bootstrap, target=target, epsilon=epsilon)
     print_fits(analysis)
     if json_out is not None:
-        from scalelab.io import write_json_atomic
-
         write_json_atomic(json_out, analysis)
         console.print(f"wrote {json_out}")
 
@@ -423,8 +447,9 @@ def plan_data(
 ) -> None:
     """How much data each fitted model needs to reach a target loss, with an interval."""
     from scalelab.errors import DataError
-    from scalelab.laws.analysis import analyse, load_points
+    from scalelab.laws.analysis import analyse, check_options, load_points
 
+    check_options(bootstrap=bootstrap, target=target_loss)
     points = load_points(source)
     if family is not None:
         points = points[points["family"] == family]
@@ -442,12 +467,14 @@ def plan_data(
 @app.command()
 def export(
     run: Annotated[Path, typer.Argument(help="A finished run directory.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write: new, empty, or an earlier export.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace an earlier scalelab export in --out (a directory "
+                                                        "holding anything else is always refused).")] = False,
 ) -> None:
     """Export a trained model: Transformer -> Hugging Face directory; n-gram -> ARPA; LSTM -> safetensors."""
     from scalelab.deploy.export import export_run
 
-    console.print(f"exported to [bold]{export_run(run, out)}[/]")
+    console.print(f"exported to [bold]{export_run(run, out, force=force)}[/]")
 
 
 ModelDir = Annotated[Path, typer.Argument(help="An exported model (scalelab export) or a finished run directory.")]
@@ -499,11 +526,10 @@ def generate(
     params = validate(SamplingParams, {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p,
                                        "seed": seed, "stop": stop or []}, origin="sampling options")
     model = _load_for_inference(model_dir, quantize, threads)
-    prompt_ids = model.tokenizer.encode(prompt)
     generator = make_generator(seed)
     err = Console(stderr=True)
     for sample in range(num):
-        completion = Completion(model, prompt_ids, params, generator)
+        completion = Completion(model, prompt, params, generator)
         started = time.perf_counter()
         sys.stdout.write(prompt)
         for pieces in completion:
@@ -525,14 +551,17 @@ def serve(
                                                      "network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8000,
     api_key: Annotated[str | None, typer.Option(
-        "--api-key", envvar="SCALELAB_API_KEY",
-        help="Require 'Authorization: Bearer KEY' on /v1/* [env: SCALELAB_API_KEY].")] = None,
+        "--api-key", help="Require 'Authorization: Bearer KEY' on /v1/*; SCALELAB_API_KEY gives the default.")
+    ] = None,
     model_name: Annotated[str | None, typer.Option(
         "--model-name", help="The model id clients ask for [default: the directory's name].")] = None,
     max_running: Annotated[int, typer.Option(
         "--max-running", help="Requests generating at once (they take turns a token at a time).")] = 4,
     max_waiting: Annotated[int, typer.Option(
         "--max-waiting", help="Requests queued beyond those; more are refused at once with 503.")] = 64,
+    max_body_bytes: Annotated[int, typer.Option(
+        "--max-body-bytes", help="Largest request body accepted; a larger one is refused with 413 unread.")
+    ] = 1 << 20,
     quantize: QuantizeOption = None,
     threads: ThreadsOption = None,
 ) -> None:
@@ -542,8 +571,13 @@ def serve(
     from scalelab.deploy.server import ServeConfig
     from scalelab.deploy.server import serve as run_server
 
+    if api_key is None:
+        # Read here rather than by click, which takes an empty variable for an unset one: that would serve
+        # without a key where a key was meant, so ServeConfig refuses it instead.
+        api_key = os.environ.get("SCALELAB_API_KEY")
     config = validate(ServeConfig, {"host": host, "port": port, "api_key": api_key, "max_running": max_running,
-                                    "max_waiting": max_waiting}, origin="serve options")
+                                    "max_waiting": max_waiting, "max_body_bytes": max_body_bytes},
+                      origin="serve options")
     model = _load_for_inference(model_dir, quantize, threads, name=model_name)
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         Console(stderr=True).print(f"warning: serving on {host} without --api-key: anyone who reaches this "

@@ -1,3 +1,7 @@
+import re
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -75,3 +79,53 @@ def test_unknown_variant_and_split(prepared):
 def test_open_rejects_non_dataset(tmp_path):
     with pytest.raises(DataError, match="not a prepared dataset"):
         TokenStore.open(tmp_path)
+
+
+@pytest.fixture
+def copied(prepared, tmp_path) -> Path:
+    """A private copy of the session's dataset, free to damage."""
+    return Path(shutil.copytree(prepared.path, tmp_path / "dataset"))
+
+
+@pytest.mark.parametrize(("name", "cut"), [
+    ("validation/tokens.bin", 2),  # a whole token: used to be read silently, scoring fewer held-out tokens
+    ("validation/tokens.bin", 1),  # half a token: used to be a traceback
+    ("test/offsets.bin", 8),
+    ("train/raw/doc_bytes.bin", 8),
+    ("train/raw/doc_hash.bin", 3),
+])
+def test_open_refuses_arrays_whose_size_disagrees_with_the_manifest(copied, name, cut):
+    path = copied / name
+    size = path.stat().st_size
+    with path.open("r+b") as handle:
+        handle.truncate(size - cut)
+    with pytest.raises(DataError, match=re.escape(f"dataset is corrupt: {path}: expected {size} bytes, "
+                                                  f"found {size - cut}")):
+        TokenStore.open(copied)
+
+
+def test_open_refuses_a_missing_array(copied):
+    (copied / "test" / "doc_hash.bin").unlink()
+    with pytest.raises(DataError, match="dataset is corrupt: .*doc_hash.bin: expected .* bytes, found none"):
+        TokenStore.open(copied)
+
+
+def test_verify_finds_a_flipped_byte_that_open_does_not(copied, prepared):
+    assert TokenStore.open(copied).verify() == []
+    path = copied / "validation" / "tokens.bin"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    store = TokenStore.open(copied)  # the sizes still agree
+    assert store.split("validation").n_tokens == prepared.split("validation").n_tokens
+    assert store.verify() == ["validation"]
+    tokenizer = copied / "tokenizer.json"
+    tokenizer.write_text(tokenizer.read_text().replace('"unk_token"', '"unk_tokeN"', 1))
+    assert TokenStore.open(copied).verify() == ["validation", "tokenizer.json"]
+
+
+@pytest.mark.parametrize("document", ["[]", "3", '"text"'])
+def test_open_refuses_a_manifest_that_is_not_an_object(copied, document):
+    (copied / "manifest.json").write_text(document)
+    with pytest.raises(DataError, match=f"{re.escape(str(copied / 'manifest.json'))} is not a dataset manifest"):
+        TokenStore.open(copied)

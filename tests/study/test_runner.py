@@ -1,9 +1,7 @@
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +9,7 @@ import yaml
 
 from scalelab.study.api import load_results, load_spec, run_study
 from scalelab.study.results import ResultsStore
-from tests.conftest import run_cli
+from tests.conftest import run_cli, signal_when
 from tests.test_cli import assert_user_error
 
 
@@ -56,21 +54,28 @@ def test_study_run_status_export_and_rerun(prepared, tmp_path):
     assert (tmp_path / "out" / "s" / "results.csv").is_file()
 
 
-def test_failure_is_recorded_and_the_study_goes_on(prepared, tmp_path):
+# A long diverging run stops mid-way; a short one (2 steps) used to finish with a NaN evaluation, recorded done.
+@pytest.mark.parametrize("duration", [{}, {"steps": 2, "eval_every": 1}])
+def test_failure_is_recorded_and_the_study_goes_on(prepared, tmp_path, duration):
     path = write_spec(tmp_path, prepared, families={"ngram": {"sizes": [2]},
                                                     "transformer": {"sizes": ["0.1M"],
-                                                                    "train": {"optim": {"lr": 1e30}}}},
+                                                                    "train": {"optim": {"lr": 1e30}, **duration}}},
                       data_sizes=[3000])
     counts = run_study(load_spec(path), workers=1, show_progress=False)
     assert counts["done"] == 1 and counts["failed"] == 1
     with store_of(path) as store:
         failed = store.records(status="failed")[0]
-    assert "TrainingError" in failed.error and failed.family == "transformer"
+    assert "TrainingDiverged" in failed.error and failed.family == "transformer"
     status = run_cli("study", "status", str(path))
-    assert "failed" in status.stdout and "loss became" in status.stdout
+    assert "failed" in status.stdout and "training diverged" in status.stdout
     counts = run_study(load_spec(path), workers=1, retry_failed=True, show_progress=False)
     with store_of(path) as store:
         assert store.records(status="failed")[0].attempts == 2
+
+
+def mid_run(runs: Path) -> bool:
+    """A run has a checkpoint to resume from and has not finished."""
+    return any(not (run / "eval.json").exists() for run in {p.parent.parent for p in runs.glob("*/checkpoints/latest")})
 
 
 def test_sigkill_of_the_runner_loses_nothing(prepared, tmp_path):
@@ -79,24 +84,15 @@ def test_sigkill_of_the_runner_loses_nothing(prepared, tmp_path):
                       train={"transformer": {"context_length": 32}, "checkpoint_every": 2, "eval_every": 50,
                              "batch_size": 4})
     args = [sys.executable, "-m", "scalelab", "study", "run", str(path), "-q"]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    database = tmp_path / "out" / "s" / "results.sqlite"
-    deadline = time.time() + 180
-    killed_while_running = False
-    while time.time() < deadline and process.poll() is None:
-        if database.exists():
-            with ResultsStore(database) as store:
-                counts = store.counts()
-                running = store.records(status="running")
-            runs = load_spec(path).directory / "runs"
-            # Kill once a run is done and another is mid-way, with a checkpoint to resume from.
-            if counts["done"] >= 1 and any((runs / r.id / "checkpoints" / "latest").exists() for r in running):
-                process.send_signal(signal.SIGKILL)
-                killed_while_running = True
-                break
-        time.sleep(0.05)
+    process = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runs = load_spec(path).directory / "runs"
+    # Killed once a run is done and another is mid-way, with a checkpoint to resume from.
+    signal_when(process, lambda: bool(list(runs.glob("*/eval.json"))) and mid_run(runs), signal.SIGKILL)
     process.wait()
-    assert killed_while_running, "the study finished before it could be killed"
+    from scalelab.study.api import status
+
+    counts = status(path)["counts"]
+    assert counts["running"] == 0 and counts["interrupted"] == 1  # its runner is dead: shown so, not as running
     result = run_cli("study", "run", str(path), "-q")
     assert result.returncode == 0, result.stderr
     with store_of(path) as store:
@@ -104,7 +100,7 @@ def test_sigkill_of_the_runner_loses_nothing(prepared, tmp_path):
     assert len(records) == 3 and {r.status for r in records} == {"done"}
     assert sorted(r.attempts for r in records)[-1] == 2  # the interrupted run was claimed again, and resumed
     resumed = max(records, key=lambda r: r.attempts)
-    metrics = (load_spec(path).directory / "runs" / resumed.id / "metrics.jsonl").read_text().splitlines()
+    metrics = (runs / resumed.id / "metrics.jsonl").read_text().splitlines()
     steps = [json.loads(line)["step"] for line in metrics if '"loss"' in line]
     assert steps == list(range(1, len(steps) + 1))  # one line per step: nothing lost, nothing doubled
 
@@ -134,14 +130,40 @@ def test_ctrl_c_releases_runs_in_flight(prepared, tmp_path):
                       train={"transformer": {"context_length": 32}, "checkpoint_every": 2, "batch_size": 4})
     process = subprocess.Popen([sys.executable, "-m", "scalelab", "study", "run", str(path), "-q"],
                                start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    runs = tmp_path / "out" / "s" / "runs"
-    deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None and not list(runs.glob("*/checkpoints/latest")):
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: the whole process group
+    # SIGINT to the whole process group is what a terminal's Ctrl-C sends.
+    signal_when(process, lambda: mid_run(load_spec(path).directory / "runs"), signal.SIGINT)
     assert process.wait(timeout=60) == 130
     with store_of(path) as store:
         assert store.counts()["running"] == 0 and store.counts()["pending"] == 1
     assert run_cli("study", "run", str(path), "-q").returncode == 0
     with store_of(path) as store:
         assert store.counts()["done"] == 1
+
+
+def test_status_shows_the_runs_of_a_dead_runner_as_interrupted(tmp_path):
+    import os
+
+    from scalelab.study.api import status
+    from tests.study.test_results import HOST, row
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()  # its pid now names no process: a runner killed with SIGKILL
+    directory = tmp_path / "study"
+    with ResultsStore(directory / "results.sqlite") as store:
+        store.sync_plan([row(f"r{i}") for i in range(4)])
+        store.claim("r0", ended.pid, HOST)
+        store.claim("r1", os.getppid(), HOST)  # a live runner
+        store.claim("r2", ended.pid, "elsewhere")  # cannot be checked from here: stays running
+    info = status(directory)
+    assert info["counts"] == {"pending": 1, "running": 2, "interrupted": 1, "done": 0, "failed": 0}
+    shown = run_cli("study", "status", str(directory))
+    assert shown.returncode == 0, shown.stderr
+    assert "interrupted" in shown.stdout
+    assert (f"interrupted transformer tiny raw D=20,000: its runner (pid {ended.pid} on {HOST}) is gone"
+            in " ".join(shown.stdout.split()))
+
+
+def test_status_of_a_missing_study_says_so(tmp_path):
+    for missing in (tmp_path / "nowhere", tmp_path / "nowhere.yaml"):
+        assert_user_error(run_cli("study", "status", str(missing)),
+                          f"no study at {missing}: neither a study directory nor a spec")

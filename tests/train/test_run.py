@@ -3,15 +3,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from scalelab.errors import ConfigError, TrainingDiverged
+from scalelab.train import checkpoint
 from scalelab.train.config import TrainConfig
 from scalelab.train.run import evaluate_run, train_run
-from scalelab.train.trainer import TrainingError
+from tests.conftest import signal_when
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "train_losses.json"
 TINY = {
@@ -100,10 +101,81 @@ def test_nan_loss_stops_with_a_clear_error(prepared, tmp_path, monkeypatch):
         return out * float("nan") if len(calls) > 3 and model.training else out
 
     monkeypatch.setattr(registry, "logits", poisoned)
-    with pytest.raises(TrainingError, match="loss became nan at step 4; last good checkpoint"):
+    with pytest.raises(TrainingDiverged, match="loss became nan at step 4; last good checkpoint"):
         train_run(tiny(prepared, "transformer", checkpoint_every=2, eval_every=2), tmp_path / "run",
                   show_progress=False)
     assert (tmp_path / "run" / "checkpoints" / "step-00000002" / "state.json").is_file()
+
+
+def non_finite_checkpoints(run_dir: Path) -> list[str]:
+    from safetensors.torch import load_file
+
+    return [path.name for path in (run_dir / "checkpoints").glob("step-*")
+            if not all(torch.isfinite(t).all() for t in load_file(path / "model.safetensors").values())]
+
+
+@pytest.mark.parametrize("steps", [2, 8])
+def test_divergence_fails_the_run_and_never_saves_non_finite_weights(prepared, tmp_path, steps):
+    # lr=1e30: the first step blows the weights up to ~1e30, the next one's gradients are NaN. A short run used to
+    # finish with a NaN eval.json, a longer one to stop naming a checkpoint of NaN weights as the last good one.
+    run_dir = tmp_path / "run"
+    config = tiny(prepared, "transformer", steps=steps, eval_every=1, checkpoint_every=1, optim={"lr": 1e30})
+    with pytest.raises(TrainingDiverged, match="last good checkpoint") as raised:
+        train_run(config, run_dir, show_progress=False)
+    assert not (run_dir / "eval.json").exists()
+    assert non_finite_checkpoints(run_dir) == []
+    last = checkpoint.resolve(run_dir / "checkpoints")
+    assert f"last good checkpoint: {last if last else 'none'} " in str(raised.value)
+
+
+def test_weights_that_become_non_finite_are_never_saved(prepared, tmp_path, monkeypatch):
+    import scalelab.train.trainer as trainer
+
+    real = trainer.build_optimizer
+
+    def overflowing(model, config):
+        # From the third step on, an update that overflows one weight while loss and gradients are still finite.
+        optimizer = real(model, config)
+        step, calls = optimizer.step, []
+
+        def step_then_overflow(*args, **kwargs):
+            step(*args, **kwargs)
+            calls.append(1)
+            if len(calls) >= 3:
+                with torch.no_grad():
+                    next(model.parameters()).view(-1)[0] = float("inf")
+
+        optimizer.step = step_then_overflow
+        return optimizer
+
+    monkeypatch.setattr(trainer, "build_optimizer", overflowing)
+    run_dir = tmp_path / "run"
+    config = tiny(prepared, "transformer", eval_every=100, checkpoint_every=1)
+    with pytest.raises(TrainingDiverged, match="weights became non-finite at step 3; last good checkpoint: .*"
+                                               "step-00000002"):
+        train_run(config, run_dir, show_progress=False)
+    assert non_finite_checkpoints(run_dir) == [] and checkpoint.resolve(run_dir / "checkpoints").name == \
+        "step-00000002"
+
+
+def test_a_non_finite_evaluation_fails_the_run(prepared, tmp_path, monkeypatch):
+    import scalelab.train.run as run
+
+    monkeypatch.setattr(run, "neural_nll", lambda *args, **kwargs: float("nan"))
+    with pytest.raises(TrainingDiverged, match="held-out loss became nan at step 2; last good checkpoint: none"):
+        train_run(tiny(prepared, "transformer", steps=4, eval_every=2, checkpoint_every=2), tmp_path / "run",
+                  show_progress=False)
+    assert not (tmp_path / "run" / "eval.json").exists()
+    assert not list((tmp_path / "run" / "checkpoints").glob("step-*"))
+
+
+def test_a_recorded_non_finite_result_is_not_done(prepared, tmp_path):
+    config = tiny(prepared, "ngram", ngram={"order": 2})
+    outcome = train_run(config, tmp_path / "run", show_progress=False)
+    outcome["eval"]["nll"] = float("nan")  # as a diverged run wrote it before non-finite results were refused
+    (tmp_path / "run" / "eval.json").write_text(json.dumps(outcome))
+    with pytest.raises(TrainingDiverged, match="eval.json records a held-out loss of nan"):
+        train_run(config, tmp_path / "run", show_progress=False)
 
 
 def _train_cli(prepared, run_dir: Path, steps: int, dropout: float = 0.1) -> list[str]:
@@ -123,17 +195,12 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(prepared, tmp_path):
     whole = subprocess.run(_train_cli(prepared, tmp_path / "whole", steps), capture_output=True, text=True)
     assert whole.returncode == 0, whole.stderr
     killed_dir = tmp_path / "killed"
-    process = subprocess.Popen(_train_cli(prepared, killed_dir, steps), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(_train_cli(prepared, killed_dir, steps), start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     pointer = killed_dir / "checkpoints" / "latest"
-    deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None:
-        if pointer.exists() and pointer.read_text().strip() >= "step-00000009":
-            break
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
+    signal_when(process, lambda: pointer.exists() and pointer.read_text().strip() >= "step-00000009"
+                and not (killed_dir / "eval.json").exists(), signal.SIGKILL)
     process.wait()
-    assert not (killed_dir / "eval.json").exists(), "the run finished before it could be killed"
     resumed = subprocess.run(_train_cli(prepared, killed_dir, steps), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert losses(killed_dir) == losses(tmp_path / "whole")  # exactly, step for step
@@ -161,3 +228,14 @@ def test_gradient_accumulation_matches_one_big_batch(prepared, tmp_path):
                       show_progress=False)
     assert losses(tmp_path / "split") == pytest.approx(losses(tmp_path / "whole"), rel=1e-5)
     assert split["eval"]["nll"] == pytest.approx(whole["eval"]["nll"], rel=1e-5)
+
+
+def test_force_never_clears_a_directory_that_is_not_a_run(prepared, tmp_path):
+    mine = tmp_path / "project"
+    for name in ("checkpoints/keep.txt", "model/keep.txt", "eval.json", "metrics.jsonl"):
+        (mine / name).parent.mkdir(parents=True, exist_ok=True)
+        (mine / name).write_text("the user's")
+    with pytest.raises(ConfigError, match="not a scalelab run"):
+        train_run(tiny(prepared, "ngram", ngram={"order": 2}), mine, force=True, show_progress=False)
+    assert sorted(p.relative_to(mine).as_posix() for p in mine.rglob("*") if p.is_file()) == \
+        ["checkpoints/keep.txt", "eval.json", "metrics.jsonl", "model/keep.txt"]

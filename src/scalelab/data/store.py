@@ -34,6 +34,7 @@ import numpy as np
 from scalelab import __version__
 from scalelab.data.tokenizer import Tokenizer
 from scalelab.errors import DataError
+from scalelab.io import read_json_object
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -181,18 +182,50 @@ class TokenStore:
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
             raise DataError(f"{path} is not a prepared dataset (no {MANIFEST}); run `scalelab prepare` first")
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise DataError(f"{manifest_path} is unreadable: {exc}") from None
+        manifest = read_json_object(manifest_path, "dataset manifest")
         if manifest.get("format") != FORMAT_VERSION:
             raise DataError(f"{path} has dataset format {manifest.get('format')!r}; this scalelab "
                             f"({__version__}) reads format {FORMAT_VERSION}; prepare it again")
-        return cls(path, manifest)
+        store = cls(path, manifest)
+        store._check_sizes()
+        return store
 
     @property
     def fingerprint(self) -> str:
         return self.manifest["fingerprint"]
+
+    def _splits(self) -> dict[str, dict[str, Any]]:
+        """Every split directory (train variants and held-out splits) -> its manifest entry."""
+        return {**{f"train/{variant}": info for variant, info in self.manifest["train"].items()},
+                **self.manifest["held_out"]}
+
+    def _check_sizes(self) -> None:
+        """A truncated or overlong array would be read as a different dataset: compare each with the manifest."""
+        token_size = np.dtype(self.manifest["tokenizer"]["dtype"]).itemsize
+        band_size = 8 * self.manifest["minhash"]["num_bands"]
+        for name, info in self._splits().items():
+            n_docs = info["documents"]
+            expected = {"tokens.bin": info["tokens"] * token_size, "offsets.bin": (n_docs + 1) * 8,
+                        "doc_bytes.bin": n_docs * 8, "doc_hash.bin": n_docs * 8, "lsh_bands.bin": n_docs * band_size}
+            for file, size in expected.items():
+                path = self.path / name / file
+                found = path.stat().st_size if path.is_file() else None
+                if found != size:
+                    raise DataError(f"dataset is corrupt: {path}: expected {size} bytes, found "
+                                    f"{'none' if found is None else found}")
+
+    def verify(self) -> list[str]:
+        """Re-hash the arrays and the tokenizer against the manifest's fingerprints; returns what differs
+        (split names, `tokenizer.json`), empty when the dataset is intact. Reads every token."""
+        dtype = np.dtype(self.manifest["tokenizer"]["dtype"])
+        splits = self._splits()
+        differing = [name for name, info in splits.items()
+                     if split_fingerprint(self.path / name, dtype) != info["fingerprint"]]
+        # With the recorded split fingerprints, only the tokenizer's digest can move the dataset's.
+        tokenizer = self.path / TOKENIZER
+        if not tokenizer.is_file() or store_fingerprint(tokenizer, splits) != self.fingerprint:
+            differing.append(TOKENIZER)
+        return differing
 
     @property
     def variants(self) -> list[str]:
@@ -252,26 +285,23 @@ class SplitWriter:
         self._hashes = (directory / "doc_hash.bin").open("wb")
         self._bands = (directory / "lsh_bands.bin").open("wb")
         self._docs = (directory / "docs.jsonl").open("w", encoding="utf-8")
-        self._hasher = hashlib.blake2b(digest_size=16)
         self.n_tokens = 0
         self.n_docs = 0
         self.n_bytes = 0
-        self._write_offset()
-
-    def _write_offset(self) -> None:
-        data = np.int64(self.n_tokens).tobytes()
-        self._offsets.write(data)
-        self._hasher.update(data)
+        start = np.int64(0).tobytes()
+        self._offsets.write(start)
+        self._hasher = SplitHasher(start)
 
     def append(self, tokens: np.ndarray, n_bytes: int, doc_hash: int, bands: np.ndarray, doc_id: str,
                source: str) -> None:
         data = tokens.astype(self.dtype, copy=False).tobytes()
-        self._tokens.write(data)
-        self._hasher.update(data)
         self.n_tokens += int(tokens.shape[0])
         self.n_docs += 1
         self.n_bytes += n_bytes
-        self._write_offset()
+        end = np.int64(self.n_tokens).tobytes()
+        self._tokens.write(data)
+        self._offsets.write(end)
+        self._hasher.document(data, end)
         self._bytes.write(np.int64(n_bytes).tobytes())
         self._hashes.write(np.uint64(doc_hash).tobytes())
         self._bands.write(bands.astype(np.uint64, copy=False).tobytes())
@@ -287,6 +317,31 @@ class SplitWriter:
             "bytes_per_token": round(self.n_bytes / self.n_tokens, 4) if self.n_tokens else None,
             "fingerprint": self._hasher.hexdigest(),
         }
+
+
+class SplitHasher:
+    """A split's content fingerprint: blake2b over the bytes of offsets.bin and tokens.bin interleaved (the first
+    offset, then each document's tokens and the offset that ends it), so tokens and document boundaries count."""
+
+    def __init__(self, first_offset: bytes):
+        self._hasher = hashlib.blake2b(digest_size=16)
+        self._hasher.update(first_offset)
+
+    def document(self, tokens: bytes, end_offset: bytes) -> None:
+        self._hasher.update(tokens)
+        self._hasher.update(end_offset)
+
+    def hexdigest(self) -> str:
+        return self._hasher.hexdigest()
+
+
+def split_fingerprint(directory: Path, dtype: Any) -> str:
+    """The fingerprint of the split written in `directory`, recomputed from its files."""
+    tokens, offsets = _memmap(directory / "tokens.bin", dtype), _memmap(directory / "offsets.bin", np.int64)
+    hasher = SplitHasher(offsets[:1].tobytes())
+    for start, end in zip(offsets[:-1], offsets[1:], strict=True):
+        hasher.document(tokens[start:end].tobytes(), end.tobytes())
+    return hasher.hexdigest()
 
 
 def store_fingerprint(tokenizer_path: Path, split_infos: dict[str, dict[str, Any]]) -> str:

@@ -13,7 +13,7 @@ from scalelab.data.store import TokenStore
 from scalelab.errors import ConfigError
 from scalelab.io import write_text_atomic
 from scalelab.study.plan import PlannedRun, plan
-from scalelab.study.results import PlannedRow, ResultsStore
+from scalelab.study.results import STATUSES, PlannedRow, ResultsStore, runner_gone
 from scalelab.study.runner import make_backend, run_all, threads_per_run
 from scalelab.study.spec import StudySpec
 
@@ -87,6 +87,8 @@ def _progress(total: int, enabled: bool):
 
 def study_directory(target: Path) -> Path:
     """A study directory, or the spec file naming one."""
+    if not target.exists():
+        raise ConfigError(f"no study at {target}: neither a study directory nor a spec")
     if target.is_dir():
         if not (target / RESULTS).is_file():
             raise ConfigError(f"{target} holds no study results ({RESULTS}); run `scalelab study run` first")
@@ -108,13 +110,18 @@ def load_results(target: str | Path):
 
 
 def status(target: Path) -> dict[str, Any]:
+    """Runs per status, with `interrupted` apart from `running`: rows whose runner on this host is gone."""
     with open_results(target) as store:
         records = store.records()
-        counts = store.counts()
+    gone = {r.id for r in records if runner_gone(r)}
+    counts = dict.fromkeys([*STATUSES, "interrupted"], 0)
+    for record in records:
+        counts["interrupted" if record.id in gone else record.status] += 1
     now = time.time()
     spent = sum((r.finished_at or now) - r.started_at for r in records if r.started_at and r.status != "pending")
     left = sum(r.estimated_seconds or 0.0 for r in records if r.status in ("pending", "running"))
     failed = [(r.family, r.size, r.variant, r.D, (r.error or "").strip().splitlines()[-1:]) for r in records
               if r.status == "failed"]
+    interrupted = [(r.family, r.size, r.variant, r.D, r.runner_pid, r.runner_host) for r in records if r.id in gone]
     return {"counts": counts, "seconds_spent": spent, "seconds_left_estimate": left, "failed": failed,
-            "total": len(records)}
+            "interrupted": interrupted, "total": len(records)}

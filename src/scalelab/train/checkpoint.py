@@ -48,6 +48,10 @@ def step_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
+def finite_weights(model: torch.nn.Module) -> bool:
+    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
+
+
 def save(directory: Path, name: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
          state: TrainState) -> Path:
     final = directory / name

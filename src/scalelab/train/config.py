@@ -22,7 +22,9 @@ Regime = Literal["single-pass", "converge"]
 class OptimConfig(StrictModel):
     """AdamW with gradient clipping."""
 
-    lr: float = Field(3e-3, gt=0, description="Peak learning rate.")
+    # Adam divides the rate by its bias correction (as small as 1 - beta1) and torch holds the step in float32
+    # (max 3.4e38): past 1e30 the optimizer itself overflows, so such a rate is refused here, not mid-run.
+    lr: float = Field(3e-3, gt=0, le=1e30, description="Peak learning rate.")
     weight_decay: float = Field(0.1, ge=0, description="Decoupled weight decay on matrices (not norms, biases).")
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.95, ge=0, lt=1)

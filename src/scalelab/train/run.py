@@ -9,7 +9,7 @@ function serves the CLI, the study runner, Ray tasks and every `torchrun` rank.
 from __future__ import annotations
 
 import ctypes
-import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -17,9 +17,10 @@ from typing import Any
 import torch
 import yaml
 
+from scalelab.config import read_yaml, validate
 from scalelab.data.store import TokenStore
-from scalelab.errors import ConfigError
-from scalelab.io import write_json_atomic, write_text_atomic
+from scalelab.errors import ConfigError, TrainingDiverged
+from scalelab.io import check_writable_dir, read_json_object, write_json_atomic, write_text_atomic
 from scalelab.train import checkpoint
 from scalelab.train.batches import WindowBatches
 from scalelab.train.callbacks import Callback, MetricsLog, ProgressBar, TensorBoard
@@ -85,7 +86,7 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig, run_id: str, data_finge
         _claim_run_dir(run_dir, config, run_id, data_fingerprint, force)
     barrier(dist)
     if (run_dir / EVAL).is_file():
-        return json.loads((run_dir / EVAL).read_text(encoding="utf-8"))
+        return read_json_object(run_dir / EVAL, "run result")
     return None
 
 
@@ -93,12 +94,13 @@ def _claim_run_dir(run_dir: Path, config: TrainConfig, run_id: str, data_fingerp
     """Refuse a directory that holds a different run; start one over when forced; record the config."""
     config_path = run_dir / CONFIG
     if config_path.is_file() and not force:
-        recorded = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+        recorded = read_yaml(config_path)
         if recorded.get("run_id") != run_id:
             raise ConfigError(f"{run_dir} holds another run ({recorded.get('run_id')}); choose another --out "
                               "or pass --force to start over")
         return
-    if run_dir.exists() and any(not p.name.startswith(".") for p in run_dir.iterdir()) and not force:
+    if not config_path.is_file() and run_dir.exists() and any(not p.name.startswith(".") for p in run_dir.iterdir()):
+        # Not even --force starts over here: clearing it would delete files scalelab did not write.
         raise ConfigError(f"{run_dir} exists and is not a scalelab run; choose another --out")
     if force:
         for name in (EVAL, METRICS):
@@ -118,6 +120,7 @@ def _clear_checkpoints(run_dir: Path) -> None:
 
 def train_run(config: TrainConfig, run_dir: Path, *, force: bool = False, show_progress: bool = True) -> dict[str, Any]:
     """Train and evaluate one run in `run_dir`; returns the contents of eval.json."""
+    check_writable_dir(run_dir)
     store = TokenStore.open(config.data)
     view = train_view(store, config)
     run_id = config.run_id(view.fingerprint)
@@ -125,7 +128,7 @@ def train_run(config: TrainConfig, run_dir: Path, *, force: bool = False, show_p
     dist = init_from_env(device.type)
     finished = _prepare_run_dir(run_dir, config, run_id, view.fingerprint, force, dist)
     if finished is not None:
-        return finished
+        return _finite(finished, run_dir, recorded=True)
     data = eval_set(store, config.eval_split, config.eval_tokens)
     started = time.perf_counter()
     if config.family == "ngram":
@@ -137,10 +140,24 @@ def train_run(config: TrainConfig, run_dir: Path, *, force: bool = False, show_p
         "D": config.tokens, "U": config.unique_tokens or config.tokens,
         "data_fingerprint": view.fingerprint, "wall_seconds": time.perf_counter() - started,
     })
+    _finite(outcome, run_dir, recorded=False)
     if dist.is_main:
         write_json_atomic(run_dir / EVAL, outcome)
     barrier(dist)
     return outcome
+
+
+def _finite(outcome: dict[str, Any], run_dir: Path, recorded: bool) -> dict[str, Any]:
+    """A run whose held-out loss is NaN or infinite failed: its result is never written, nor read back as done."""
+    nll = outcome["eval"]["nll"]
+    if math.isfinite(nll):
+        return outcome
+    if recorded:
+        raise TrainingDiverged(f"training diverged: {run_dir / EVAL} records a held-out loss of {nll}; start the "
+                               "run over with --force and a lower learning rate")
+    last = checkpoint.resolve(run_dir / "checkpoints")
+    raise TrainingDiverged(f"training diverged: the final held-out loss is {nll}; last good checkpoint: "
+                           f"{last if last else 'none'} (lower the learning rate or check the data)")
 
 
 def _count_ngram(config: TrainConfig, store: TokenStore, view, data: EvalSet, run_dir: Path) -> dict[str, Any]:
@@ -206,12 +223,10 @@ def _train_neural(config: TrainConfig, store: TokenStore, view, data: EvalSet, r
 
 
 def load_run_config(run_dir: Path) -> TrainConfig:
-    from scalelab.config import validate
-
     path = run_dir / CONFIG
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a scalelab run (no {CONFIG})")
-    document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    document = read_yaml(path)
     document.pop("run_id", None)
     document.pop("data_fingerprint", None)
     return validate(TrainConfig, document, origin=str(path))
@@ -228,8 +243,11 @@ def finished_run_config(run_dir: Path) -> TrainConfig:
 def evaluate_run(run_dir: Path, split: str | None = None, eval_tokens: int | None = None) -> dict[str, Any]:
     """Re-score a run's final model (the best checkpoint when it converged) on a held-out split."""
     config = load_run_config(run_dir)
+    # Validated as the run's own eval_split and eval_tokens are: a held-out split, a positive budget.
+    asked = {key: value for key, value in (("eval_split", split), ("eval_tokens", eval_tokens)) if value is not None}
+    config = validate(TrainConfig, {**config.model_dump(mode="json"), **asked}, origin="evaluation options")
     store = TokenStore.open(config.data)
-    data = eval_set(store, split or config.eval_split, eval_tokens or config.eval_tokens)
+    data = eval_set(store, config.eval_split, config.eval_tokens)
     if config.family == "ngram":
         from scalelab.models.ngram import KneserNeyLM
 

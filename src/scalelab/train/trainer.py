@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from scalelab.errors import ScalelabError
+from scalelab.errors import ScalelabError, TrainingDiverged
 from scalelab.train import checkpoint
 from scalelab.train.batches import WindowBatches
 from scalelab.train.callbacks import Callback
@@ -28,7 +28,7 @@ from scalelab.train.schedule import lr_factor
 
 
 class TrainingError(ScalelabError):
-    """Training cannot go on: the loss diverged."""
+    """Training cannot go on: the data cannot be spread over the processes."""
 
 
 def total_steps(config: TrainConfig, batches: WindowBatches) -> int:
@@ -153,14 +153,21 @@ class Trainer:
             raise TrainingError("a rank got no sequences: use a batch_size of at least the number of processes")
         loss_value = all_reduce_sum(loss_sum, self.dist).item()
         if not math.isfinite(loss_value):
-            last = checkpoint.resolve(self.checkpoint_dir)
-            raise TrainingError(f"loss became {loss_value} at step {self.state.step + 1}; last good checkpoint: "
-                                f"{last if last else 'none'} (lower the learning rate or check the data)")
+            raise self._diverged(f"loss became {loss_value} at step {self.state.step + 1}")
         clip = self.config.optim.grad_clip
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf"))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf")))
+        # A finite loss can still have non-finite gradients (weights blown up by a huge step); stepping on them
+        # would turn every weight into NaN.
+        if not math.isfinite(grad_norm):
+            raise self._diverged(f"gradient norm became {grad_norm} at step {self.state.step + 1}")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss_value, float(grad_norm), lr, global_targets
+        return loss_value, grad_norm, lr, global_targets
+
+    def _diverged(self, what: str) -> TrainingDiverged:
+        last = checkpoint.resolve(self.checkpoint_dir)
+        return TrainingDiverged(f"training diverged: {what}; last good checkpoint: {last if last else 'none'} "
+                                "(lower the learning rate or check the data)")
 
     # -- evaluation and checkpoints ---------------------------------------------------------------------------
     def _maybe_eval_and_checkpoint(self) -> None:
@@ -172,6 +179,8 @@ class Trainer:
 
     def _evaluate(self) -> None:
         result = self.evaluate(self.model)
+        if not math.isfinite(result.nll):
+            raise self._diverged(f"held-out loss became {result.nll} at step {self.state.step}")
         self.last_eval = result
         improved = result.nll < self.state.best_loss
         if improved:
@@ -188,7 +197,10 @@ class Trainer:
             callback.on_eval(self, metrics)
 
     def save(self, pointer: str) -> None:
-        """Save this step's checkpoint (once) and point `latest` or `best` at it."""
+        """Save this step's checkpoint (once) and point `latest` or `best` at it; never non-finite weights."""
+        # Checked on every rank (they hold the same weights), so all of them stop together.
+        if not checkpoint.finite_weights(self.model):
+            raise self._diverged(f"weights became non-finite at step {self.state.step}")
         if not self.dist.is_main:
             return
         name = checkpoint.step_name(self.state.step)

@@ -102,7 +102,8 @@ def sampling(model: DeployedModel, tokens: int, seed: int) -> SamplingParams:
 
 def timed_completion(model: DeployedModel, prompt: list[int], tokens: int, seed: int) -> dict[str, Any]:
     started = time.perf_counter()
-    completion = Completion(model, prompt, sampling(model, tokens, seed), make_generator(seed))
+    # Ids are read as given: put the end-of-document token first, as a text prompt's would be.
+    completion = Completion(model, [model.eod_id, *prompt], sampling(model, tokens, seed), make_generator(seed))
     marks = [time.perf_counter() for _ in completion]
     return {"tokens": completion.completion_tokens, "finish_reason": completion.finish_reason,
             "ttft_s": marks[0] - started, "decode_s": marks[-1] - marks[0], "total_s": marks[-1] - started}

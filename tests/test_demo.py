@@ -22,6 +22,7 @@ def test_demo_pipeline_at_a_reduced_size(prepared, tmp_path):
     transformers = load_results(spec.directory).query("family == 'transformer'")
     assert run["loss"] == transformers["loss"].min() and model_dir == tmp_path / "mini" / "model"
     assert load_model(model_dir).family == "transformer"
+    assert export_best(spec)[0] == model_dir  # a rerun of the demo replaces its own export
 
 
 def test_demo_presets_load():

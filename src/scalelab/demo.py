@@ -40,4 +40,5 @@ def export_best(spec: StudySpec, family: str = "transformer") -> tuple[Path, dic
     if done.empty:
         return None
     best = done.loc[done["loss"].astype(float).idxmin()]
-    return export_run(spec.directory / RUNS / best["id"], spec.directory / "model"), best.to_dict()
+    # A rerun replaces the export an earlier one wrote; a directory holding anything else is still refused.
+    return export_run(spec.directory / RUNS / best["id"], spec.directory / "model", force=True), best.to_dict()

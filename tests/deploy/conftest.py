@@ -13,7 +13,8 @@ from tests.train.test_run import TINY, tiny
 
 FAMILIES = ("transformer", "lstm", "ngram")
 CONTEXT = 64
-SHAPES = {"transformer": {"transformer": {**TINY["transformer"], "context_length": CONTEXT}},
+ROPE_THETA = 500.0  # not the default, so an export that loses it cannot match the trained model
+SHAPES = {"transformer": {"transformer": {**TINY["transformer"], "context_length": CONTEXT, "rope_theta": ROPE_THETA}},
           "lstm": {"lstm": {**TINY["lstm"], "context_length": CONTEXT}},
           "ngram": {"ngram": {"order": 3}}}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -34,9 +35,13 @@ def test_generate_several_samples_int8(exported):
 
 @pytest.mark.parametrize("args, fragments", [
     (["--temperature", "5"], ["temperature", "less than or equal to 2"]),
-    (["--max-tokens", "500"], ["maximum context length is 63 tokens", "500 for the completion"]),
+    (["--max-tokens", "500"], ["maximum context length is 64 tokens", "500 for the completion"]),
     (["--quantize", "int4"], ["--quantize must be int8"]),
     (["--num", "0"], ["--num must be at least 1"]),
+    (["--seed", str(2**64)], ["seed", "less than or equal to 18446744073709551615"]),
+    # Python decodes argv bytes that are not UTF-8 into lone surrogates (surrogateescape).
+    (["--prompt", os.fsdecode(b"the \xff")], ["prompt", "not valid Unicode", "U+DCFF"]),
+    (["--stop", os.fsdecode(b"\xff")], ["stop", "lone surrogate"]),
 ])
 def test_generate_bad_options_are_one_line_exit_2(exported, args, fragments):
     assert_user_error(run_cli("generate", str(exported["transformer"]), *args), *fragments)
@@ -79,9 +84,30 @@ def test_serve_answers_the_openai_client(exported):
 
 def test_serve_bad_options_are_one_line_exit_2(exported):
     assert_user_error(run_cli("serve", str(exported["transformer"]), "--max-running", "0"), "max_running")
+    assert_user_error(run_cli("serve", str(exported["transformer"]), "--max-body-bytes", "0"), "max_body_bytes")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = str(busy.getsockname()[1])
         assert_user_error(run_cli("serve", str(exported["ngram"]), "--port", port),
                           f"cannot listen on 127.0.0.1:{port}")
+
+
+def test_serve_refuses_an_empty_api_key(exported):
+    """An empty key would answer 401 to every request, or, read as no key, leave the server open."""
+    assert_user_error(run_cli("serve", str(exported["ngram"]), "--api-key", ""), "api_key", "empty")
+    from_env = subprocess.run([sys.executable, "-m", "scalelab", "serve", str(exported["ngram"]), "--port", "0"],
+                              capture_output=True, text=True, timeout=60, env={**os.environ, "SCALELAB_API_KEY": ""})
+    assert_user_error(from_env, "SCALELAB_API_KEY", "empty")
+
+
+def test_greedy_generate_writes_what_the_transformers_pipeline_writes(exported):
+    from transformers import pipeline
+
+    out = exported["transformer"]
+    generator = pipeline("text-generation", model=str(out))
+    for prompt in ("the data", "loss", "model", "held out", "x"):
+        expected = generator(prompt, max_new_tokens=10, do_sample=False)[0]["generated_text"]
+        result = run_cli("generate", str(out), "--prompt", prompt, "--max-tokens", "10", "--temperature", "0")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == expected + "\n", prompt

@@ -3,6 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from scalelab.data.tokenizer import EOD
 from scalelab.deploy.completion import Completion, TextStream
 from scalelab.deploy.sampling import InvalidRequest, SamplingParams, make_generator
 from tests.deploy.conftest import CONTEXT, FAMILIES
@@ -10,8 +11,8 @@ from tests.deploy.conftest import CONTEXT, FAMILIES
 ALPHABET = "ab é世\n."
 
 
-def run(model, prompt: str, **params) -> tuple[str, Completion, list]:
-    completion = Completion(model, model.tokenizer.encode(prompt), SamplingParams(**params), make_generator(0))
+def run(model, prompt: str | list[int], **params) -> tuple[str, Completion, list]:
+    completion = Completion(model, prompt, SamplingParams(**params), make_generator(0))
     pieces = [piece for step in completion for piece in step]
     return "".join(piece.text for piece in pieces), completion, pieces
 
@@ -75,10 +76,46 @@ def test_same_seed_same_text(models):
 
 def test_prompt_and_completion_must_fit_the_context(models):
     model = models["transformer"]
-    ids = model.tokenizer.encode("data " * 60)
-    with pytest.raises(InvalidRequest, match=rf"maximum context length is {CONTEXT - 1} tokens.*"
-                                             rf"{len(ids)} in your prompt; 16 for the completion") as error:
-        Completion(model, ids, SamplingParams(), make_generator(0))
+    text = "data " * 60
+    read = len(model.tokenizer.encode(text)) + 1  # the end-of-document token, then the text
+    with pytest.raises(InvalidRequest, match=rf"maximum context length is {CONTEXT} tokens.*"
+                                             rf"{read} in your prompt; 16 for the completion") as error:
+        Completion(model, text, SamplingParams(), make_generator(0))
     assert error.value.code == "context_length_exceeded" and error.value.param == "prompt"
     with pytest.raises(InvalidRequest, match="token ids must lie"):
         Completion(model, [model.vocab_size], SamplingParams(), make_generator(0))
+    with pytest.raises(InvalidRequest, match="at least one token"):
+        Completion(model, [], SamplingParams(), make_generator(0))
+    with pytest.raises(InvalidRequest, match=r"U\+D800") as error:
+        Completion(model, "the \ud800", SamplingParams(), make_generator(0))
+    assert error.value.param == "prompt"
+
+
+class Recording:
+    """A model that notes the token ids each prefill reads."""
+
+    def __init__(self, model):
+        self.model = model
+        self.read = []
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def prefill(self, ids, every_position=False):
+        self.read.append(list(ids))
+        return self.model.prefill(ids, every_position)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_text_is_read_after_one_eod_and_token_ids_as_given(models, family):
+    model = Recording(models[family])
+    eod = model.eod_id
+    for text in ("the data", EOD + "the data", ""):  # text that spells the token stays text
+        _, completion, _ = run(model, text, max_tokens=1)
+        assert model.read[-1] == [eod, *model.tokenizer.encode(text)] and model.read[-1].count(eod) == 1
+        assert completion.prompt_tokens == len(model.read[-1])
+    ids = model.tokenizer.encode("the data")
+    text, completion, pieces = run(model, ids, max_tokens=0, echo=True, logprobs=1)
+    assert model.read[-1] == ids and completion.prompt_tokens == len(ids)
+    # Nothing comes before the first token read, so it has no log-probability, as in OpenAI's echo.
+    assert text == "the data" and pieces[0].logprob is None and None not in [p.logprob for p in pieces[1:]]

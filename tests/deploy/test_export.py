@@ -1,15 +1,22 @@
 import json
+import logging
 import shutil
 
 import numpy as np
+import pytest
 import torch
+import yaml
 
+from scalelab import __version__
 from scalelab.deploy.export import load_lstm
 from scalelab.models.ngram import KneserNeyLM
 from scalelab.train import checkpoint
 from scalelab.train.run import build_model, load_run_config
 from tests.conftest import run_cli
+from tests.deploy.conftest import CONTEXT, FAMILIES, ROPE_THETA
 from tests.test_cli import assert_user_error
+
+MARKER = ".scalelab-export.json"  # the name is the contract: other tools may look for it
 
 
 def reference_model(run_dir, prepared):
@@ -19,7 +26,7 @@ def reference_model(run_dir, prepared):
     return model.eval()
 
 
-def test_transformer_export_loads_in_plain_transformers(prepared, runs, exported):
+def test_transformer_export_loads_in_plain_transformers(prepared, runs, exported, caplog):
     from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
     out = exported["transformer"]
@@ -30,8 +37,14 @@ def test_transformer_export_loads_in_plain_transformers(prepared, runs, exported
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, reference_model(runs["transformer"], prepared)(ids).logits)
     generator = pipeline("text-generation", model=str(out), tokenizer=str(out))
-    text = generator("the data", max_new_tokens=5, do_sample=False)[0]["generated_text"]
+    hf_logger = logging.getLogger("transformers")  # it does not propagate to the root logger caplog watches
+    hf_logger.addHandler(caplog.handler)
+    try:
+        text = generator("the data", max_new_tokens=5, do_sample=False)[0]["generated_text"]
+    finally:
+        hf_logger.removeHandler(caplog.handler)
     assert text.startswith("the data")
+    assert "max_length" not in caplog.text  # a max_length in generation_config.json is warned about on every call
 
 
 def test_lstm_and_ngram_exports(prepared, runs, exported):
@@ -49,3 +62,107 @@ def test_export_cli_refuses_unfinished_runs(runs, tmp_path):
     assert_user_error(run_cli("export", str(tmp_path), "--out", str(tmp_path / "x")), "is not a scalelab run")
     shutil.copy(runs["ngram"] / "config.yaml", tmp_path / "config.yaml")  # a run that never wrote eval.json
     assert_user_error(run_cli("export", str(tmp_path), "--out", str(tmp_path / "x")), "has not finished training")
+
+
+def test_transformer_config_conveys_context_and_rope_theta_to_every_transformers(exported):
+    out = exported["transformer"]
+    config = json.loads((out / "config.json").read_text())
+    # transformers 4.x reads only the top-level key; 5.x reads rope_parameters.
+    assert config["rope_theta"] == config["rope_parameters"]["rope_theta"] == ROPE_THETA
+    assert config["max_position_embeddings"] == CONTEXT
+    assert json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == CONTEXT
+    assert "max_length" not in json.loads((out / "generation_config.json").read_text())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_export_has_a_model_card(prepared, runs, exported, family):
+    _, front_matter, body = (exported[family] / "README.md").read_text(encoding="utf-8").split("---\n", 2)
+    metadata = yaml.safe_load(front_matter)
+    assert metadata["library_name"] == ("transformers" if family == "transformer" else "scalelab")
+    assert metadata["pipeline_tag"] == "text-generation" and {"scalelab", family} <= set(metadata["tags"])
+    result = json.loads((runs[family] / "eval.json").read_text())
+    for fact in (result["run_id"], family, str(prepared.path), prepared.fingerprint, result["data_fingerprint"],
+                 f"{result['D']:,}", result["variant"], f"{result['eval']['bits_per_byte']:.4f}",
+                 f"{result['eval']['nll']:.4f}", f"scalelab {__version__}"):
+        assert fact in body, fact
+    assert ("AutoModelForCausalLM" if family == "transformer" else "scalelab generate") in body
+
+
+def exported_files(directory):
+    return {path.relative_to(directory).as_posix(): path.read_bytes() for path in directory.rglob("*")
+            if path.is_file()}
+
+
+def test_export_never_writes_into_the_run_directory(runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(runs["ngram"], run)
+    before = exported_files(run)
+    for out in (run, run / "model", run / "export"):
+        assert_user_error(run_cli("export", str(run), "--out", str(out), "--force"), "run directory")
+    assert exported_files(run) == before
+
+
+def test_export_refuses_what_scalelab_did_not_write(runs, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    for force in ((), ("--force",)):
+        assert_user_error(run_cli("export", str(runs["ngram"]), "--out", str(mine), *force),
+                          str(mine), "not a scalelab export")
+        assert_user_error(run_cli("export", str(runs["ngram"]), "--out", ".", *force, cwd=mine),
+                          "not a scalelab export")
+    assert_user_error(run_cli("export", str(runs["ngram"]), "--out", str(mine / "notes.txt")), "is a file")
+    assert exported_files(mine) == {"notes.txt": b"keep me"}
+
+
+def test_reexport_needs_force_and_replaces_only_the_export(runs, tmp_path):
+    out = tmp_path / "model"
+    out.mkdir()  # an empty directory holds nothing to lose
+    assert run_cli("export", str(runs["ngram"]), "--out", str(out)).returncode == 0
+    marker = json.loads((out / MARKER).read_text())
+    run_id = json.loads((runs["ngram"] / "eval.json").read_text())["run_id"]
+    assert (marker["run_id"], marker["family"], marker["scalelab_version"]) == (run_id, "ngram", __version__)
+    assert_user_error(run_cli("export", str(runs["lstm"]), "--out", str(out)), "already holds", "--force")
+    (out / "notes.txt").write_text("added later")
+    assert_user_error(run_cli("export", str(runs["lstm"]), "--out", str(out), "--force"), "notes.txt")
+    (out / "notes.txt").unlink()
+    result = run_cli("export", str(runs["lstm"]), "--out", str(out), "--force")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / MARKER).read_text())["family"] == "lstm" and not (out / "model.arpa").exists()
+    assert [path.name for path in tmp_path.iterdir()] == ["model"]  # no temporary or set-aside directory is left
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_exported_tokenizer_starts_a_text_with_the_eod_token(exported, family):
+    """As scalelab reads a prompt: as the start of a document, after the token every training document follows."""
+    import tokenizers
+
+    from scalelab.data.tokenizer import EOD
+
+    tokenizer = tokenizers.Tokenizer.from_file(str(exported[family] / "tokenizer.json"))
+    plain = tokenizer.encode("the data", add_special_tokens=False).ids
+    assert tokenizer.encode("the data").ids == [tokenizer.token_to_id(EOD), *plain]
+
+
+def test_transformers_reads_a_prompt_as_scalelab_does(exported, models):
+    """One end-of-document token, then the text, even a text that spells the token."""
+    from transformers import AutoTokenizer, pipeline
+
+    from scalelab.data.tokenizer import EOD
+    from scalelab.deploy.completion import Completion
+    from scalelab.deploy.sampling import SamplingParams, make_generator
+
+    out, model = exported["transformer"], models["transformer"]
+    assert json.loads((out / "tokenizer_config.json").read_text())["add_bos_token"] is True
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    generator = pipeline("text-generation", model=str(out))
+    read = []
+    generator.model.register_forward_pre_hook(
+        lambda _, args, kwargs: read.append(kwargs["input_ids"][0].tolist()), with_kwargs=True)
+    for text in ("the data", EOD + "the data", ""):
+        scalelab = Completion(model, text, SamplingParams(), make_generator(0)).prompt_ids
+        assert scalelab.count(model.eod_id) == 1 and scalelab[0] == model.eod_id
+        assert tokenizer(text).input_ids == scalelab
+        read.clear()
+        generator(text, max_new_tokens=1, do_sample=False)
+        assert read[0] == scalelab, text

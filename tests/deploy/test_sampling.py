@@ -60,7 +60,17 @@ def test_any_valid_parameters_pick_a_token_in_the_nucleus(temperature, top_p, se
     ("temperature", 2.5, "temperature"), ("top_p", 0.0, "top_p"), ("max_tokens", -1, "max_tokens"),
     ("logprobs", 6, "logprobs"), ("stop", ["a", "b", "c", "d", "e"], "stop"), ("stop", [""], "empty"),
     ("logit_bias", {1: 101.0}, "logit_bias"),
+    ("seed", 2**64, "seed"), ("seed", -1, "seed"),
+    # A JSON true is no number: lax validation would read it as 1.
+    ("max_tokens", True, "max_tokens"), ("seed", True, "seed"), ("logprobs", True, "logprobs"),
+    ("temperature", True, "temperature"), ("logit_bias", {1: True}, "logit_bias"), ("echo", "yes", "echo"),
+    ("stop", ["a\ud800"], "lone surrogate"),
 ])
 def test_out_of_range_parameters_are_refused(field, value, fragment):
     with pytest.raises(ConfigError, match=fragment):
         validate(SamplingParams, {field: value})
+
+
+def test_every_seed_torch_takes_is_accepted():
+    for seed in (0, 2**63, 2**64 - 1):
+        draws(1, seed=validate(SamplingParams, {"seed": seed}).seed)

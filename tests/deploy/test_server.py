@@ -19,6 +19,7 @@ import uvicorn
 
 from scalelab.deploy.server import ServeConfig, create_app
 from tests.deploy.conftest import CONTEXT
+from tests.deploy.test_completion import Recording
 
 KEY = "sk-test"
 
@@ -56,7 +57,8 @@ def test_completion_through_the_openai_client(url, models):
                                             seed=1, temperature=0.9)
     assert [c.index for c in answer.choices] == [0, 1, 2, 3]
     assert all(c.finish_reason in ("stop", "length") for c in answer.choices)
-    prompt_tokens = len(model.tokenizer.encode("the data")) + len(model.tokenizer.encode("the loss"))
+    # What the model read: each text after the end-of-document token.
+    prompt_tokens = len(model.tokenizer.encode("the data")) + len(model.tokenizer.encode("the loss")) + 2
     assert answer.usage.prompt_tokens == prompt_tokens and answer.usage.completion_tokens <= 20
     again = client(url).completions.create(model=model.name, prompt=["the data", "the loss"], n=2, max_tokens=5,
                                            seed=1, temperature=0.9)
@@ -94,9 +96,18 @@ def test_logprobs_with_echo_score_the_prompt(url, models):
     assert all(len(top) <= 3 for top in choice.logprobs.top_logprobs)
 
 
+def test_usage_counts_what_the_model_read(models):
+    model = Recording(models["transformer"])
+    with live_server(model) as address:
+        text = client(address).completions.create(model=model.name, prompt="the data", max_tokens=1)
+        ids = client(address).completions.create(model=model.name, prompt=[5, 6, 7], max_tokens=1)
+    assert model.read == [[model.eod_id, *model.tokenizer.encode("the data")], [5, 6, 7]]
+    assert text.usage.prompt_tokens == len(model.read[0]) and ids.usage.prompt_tokens == 3
+
+
 @pytest.mark.parametrize("body, status, param, fragment", [
-    ({"prompt": "data " * 80}, 400, "prompt", f"maximum context length is {CONTEXT - 1} tokens"),
-    ({"prompt": "x", "max_tokens": 100}, 400, "max_tokens", "101 tokens (1 in your prompt; 100 for the completion)"),
+    ({"prompt": "data " * 80}, 400, "prompt", f"maximum context length is {CONTEXT} tokens"),
+    ({"prompt": "x", "max_tokens": 100}, 400, "max_tokens", "102 tokens (2 in your prompt; 100 for the completion)"),
     ({"prompt": "x", "temperature": 3}, 400, "temperature", "less than or equal to 2"),
     ({"prompt": "x", "top_p": 0}, 400, "top_p", "greater than 0"),
     ({"prompt": "x", "n": 0}, 400, "n", "greater than or equal to 1"),
@@ -105,6 +116,13 @@ def test_logprobs_with_echo_score_the_prompt(url, models):
     ({"prompt": [10**9]}, 400, "prompt", "token ids must lie"),
     ({"prompt": "x", "model": "gpt-4"}, 404, "model", "does not exist"),
     ({"prompt": ["x"] * 9, "n": 8}, 400, None, "at most 64 choices"),
+    ({"prompt": [[]]}, 400, "prompt", "at least one token"),
+    ({"prompt": "x", "seed": 2**64}, 400, "seed", "less than or equal to 18446744073709551615"),
+    ({"prompt": "x", "max_tokens": True}, 400, "max_tokens", "valid integer"),
+    ({"prompt": "x", "n": True}, 400, "n", "valid integer"),
+    ({"prompt": "x", "logprobs": True}, 400, "logprobs", "valid integer"),
+    ({"prompt": "x", "temperature": True}, 400, "temperature", "valid number"),
+    ({"prompt": "x", "echo": "yes"}, 400, "echo", "valid boolean"),
 ])
 def test_bad_requests_get_openai_errors(url, models, body, status, param, fragment):
     response = httpx.post(f"{url}/v1/completions", json={"model": models["transformer"].name, **body})
@@ -122,7 +140,56 @@ def test_malformed_bodies_and_unknown_routes(url):
     response = httpx.post(f"{url}/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
     assert response.status_code == 400 and "not valid JSON" in response.json()["error"]["message"]
     assert httpx.post(f"{url}/v1/completions", json=[1, 2]).status_code == 400
-    assert httpx.get(f"{url}/v1/nothing").json()["error"]["message"] == "Not Found"
+    unknown = httpx.get(f"{url}/v1/nothing")
+    assert unknown.status_code == 404 and "Invalid URL (GET /v1/nothing)" in unknown.json()["error"]["message"]
+
+
+def test_chat_completions_answer_an_openai_404_naming_the_route_served(url, models):
+    with pytest.raises(openai.NotFoundError) as raised:
+        client(url).chat.completions.create(model=models["transformer"].name,
+                                            messages=[{"role": "user", "content": "hello"}])
+    message = raised.value.body["message"]
+    assert "POST /v1/chat/completions" in message and "POST /v1/completions" in message
+
+
+JSON = {"content-type": "application/json"}
+
+
+# Lone surrogates come from JSON escapes; UTF-8 cannot encode them, so neither the tokenizer nor an answer that
+# quotes them can take them.
+@pytest.mark.parametrize("body, status, param, fragment", [
+    (b'{"model": "MODEL", "prompt": "the \\ud800"}', 400, "prompt", "U+D800"),
+    (b'{"model": "MODEL", "prompt": ["the", "\\udc80 data"]}', 400, "prompt", "U+DC80"),
+    (b'{"model": "MODEL", "prompt": "the", "stop": ["\\ud800"]}', 400, "stop", "lone surrogate"),
+    (b'{"model": "MODEL", "prompt": "the", "stop": "a\\udfff"}', 400, "stop", "lone surrogate"),
+    (b'{"model": "\\ud800", "prompt": "the"}', 404, "model", "does not exist"),
+    (b'{"model": "MODEL", "prompt": "the", "\\ud800": 1}', 400, None, "unicode string"),  # a field name
+    (b'{"model": "MODEL", "prompt": "the \xff"}', 400, None, ""),  # bytes that are not UTF-8
+])
+def test_text_that_is_not_unicode_gets_an_openai_error(url, models, body, status, param, fragment):
+    response = httpx.post(f"{url}/v1/completions", content=body.replace(b"MODEL", models["transformer"].name.encode()),
+                          headers=JSON)
+    error = response.json()["error"]
+    assert response.status_code == status and error["param"] == param and fragment in error["message"], error
+    assert httpx.get(f"{url}/health").json()["admitted"] == 0
+
+
+def test_bodies_over_the_limit_are_refused_before_they_are_read(url, models):
+    model = models["transformer"]
+    small = json.dumps({"model": model.name, "prompt": "the", "max_tokens": 1}).encode()
+    with live_server(model, max_body_bytes=1000) as address:
+        assert httpx.post(f"{address}/v1/completions", content=small, headers=JSON).status_code == 200
+        # Not JSON either: a 413, not a 400, shows the body was refused before it was parsed.
+        declared = httpx.post(f"{address}/v1/completions", content=b"{" * 1001, headers=JSON)
+        chunked = httpx.post(f"{address}/v1/completions", content=iter([b"{" * 600] * 2), headers=JSON)
+        assert "content-length" not in chunked.request.headers
+        for response in (declared, chunked):
+            error = response.json()["error"]
+            assert response.status_code == 413 and error["code"] == "request_too_large", error
+            assert "1000 bytes" in error["message"] and set(error) == {"message", "type", "param", "code"}
+    with pytest.raises(openai.APIStatusError) as raised:  # the default limit is 1 MiB
+        client(url).completions.create(model=model.name, prompt="x" * (1 << 20))
+    assert raised.value.status_code == 413
 
 
 def test_api_key_is_required_on_v1_only(models):

@@ -5,6 +5,10 @@ a caller can stream them, interleave several completions on one model, or stop e
 without waste. Each piece is one token with the text it adds, so the pieces' texts join to the completion's text
 and logprobs line up with the text offsets. The sequence ends at the end-of-document token (finish reason
 "stop"), at a stop string (cut before it, also "stop"), or after max_tokens ("length").
+
+A text prompt is read as the start of a document: after the end-of-document token every training document
+follows, as the exported tokenizer's post-processor reads it for other tools (text that spells the token stays
+text). A prompt of token ids is read as given.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from tokenizers.decoders import DecodeStream
 
 from scalelab.data.tokenizer import Tokenizer
 from scalelab.deploy.model import DeployedModel
-from scalelab.deploy.sampling import InvalidRequest, Sampler, SamplingParams
+from scalelab.deploy.sampling import InvalidRequest, Sampler, SamplingParams, not_unicode
 
 
 @dataclass(frozen=True)
@@ -29,9 +33,9 @@ class Piece:
 
 
 def check_length(model: DeployedModel, prompt_tokens: int, max_tokens: int) -> None:
-    """A prompt and its completion must fit the context, less the document-start token every sequence begins
-    with; the message names both lengths, as OpenAI's does."""
-    room = model.context_length - 1
+    """The tokens the model reads and those it writes must fit the context; the message names both lengths, as
+    OpenAI's does."""
+    room = model.context_length
     if prompt_tokens + max_tokens > room:
         raise InvalidRequest(
             f"This model's maximum context length is {room} tokens, however you requested "
@@ -40,15 +44,28 @@ def check_length(model: DeployedModel, prompt_tokens: int, max_tokens: int) -> N
             param="prompt" if prompt_tokens > room else "max_tokens", code="context_length_exceeded")
 
 
+def read_prompt(model: DeployedModel, prompt: str | Sequence[int]) -> list[int]:
+    """The token ids the model reads for a prompt of text or of token ids."""
+    if not isinstance(prompt, str):
+        if not prompt:
+            raise InvalidRequest("a prompt of token ids must hold at least one token", param="prompt")
+        return list(prompt)
+    if (problem := not_unicode(prompt)) is not None:
+        raise InvalidRequest(f"the prompt {problem}", param="prompt")
+    return [model.eod_id, *model.tokenizer.encode(prompt)]
+
+
 class Completion:
-    def __init__(self, model: DeployedModel, prompt_ids: Sequence[int], params: SamplingParams,
+    def __init__(self, model: DeployedModel, prompt: str | Sequence[int], params: SamplingParams,
                  generator: torch.Generator):
-        check_length(model, len(prompt_ids), params.max_tokens)
-        if any(not 0 <= token < model.vocab_size for token in prompt_ids):
+        self.prompt_ids = read_prompt(model, prompt)
+        check_length(model, len(self.prompt_ids), params.max_tokens)
+        if any(not 0 <= token < model.vocab_size for token in self.prompt_ids):
             raise InvalidRequest(f"prompt token ids must lie in 0..{model.vocab_size - 1}", param="prompt")
         self.model = model
         self.params = params
-        self.prompt_ids = list(prompt_ids)
+        # Echo leaves out the end-of-document token read before a text: it is no part of the prompt.
+        self.echo_from = 1 if isinstance(prompt, str) else 0
         self.sampler = Sampler(params, model.vocab_size, generator)
         self.finish_reason: str | None = None
         self.completion_tokens = 0
@@ -60,12 +77,11 @@ class Completion:
     def __iter__(self) -> Iterator[list[Piece]]:
         """The pieces final after each model step (the prompt's first, when echoed); sets `finish_reason`."""
         params = self.params
-        ids = [self.model.eod_id, *self.prompt_ids]
         scored = params.echo and params.logprobs is not None
         rows = None
         if params.max_tokens > 0 or scored:
-            state, rows = self.model.prefill(ids, every_position=scored)
-        echoed = self._prompt_pieces(ids, rows if scored else None) if params.echo else []
+            state, rows = self.model.prefill(self.prompt_ids, every_position=scored)
+        echoed = self._prompt_pieces(rows if scored else None) if params.echo else []
         if params.max_tokens == 0:
             self.finish_reason = "length"
             yield echoed
@@ -95,11 +111,15 @@ class Completion:
         top = torch.topk(logprobs, self.params.logprobs)
         return float(logprobs[token]), dict(zip(top.indices.tolist(), top.values.tolist(), strict=True))
 
-    def _prompt_pieces(self, ids: list[int], rows: torch.Tensor | None) -> list[Piece]:
+    def _prompt_pieces(self, rows: torch.Tensor | None) -> list[Piece]:
+        """The echoed prompt; `rows[i]` scores the token after position i, so the first token read has no score,
+        as in OpenAI's echo."""
         decoder = DecodeStream(skip_special_tokens=False)
         pieces = []
-        for position, token in enumerate(ids[1:]):
-            scores = self._scores(rows[position], token) if rows is not None else (None, None)
+        for position in range(self.echo_from, len(self.prompt_ids)):
+            token = self.prompt_ids[position]
+            scored = rows is not None and position > 0
+            scores = self._scores(rows[position - 1], token) if scored else (None, None)
             pieces.append(Piece(token, decoder.step(self.model.tokenizer.hf, token) or "", *scores))
         return pieces
 

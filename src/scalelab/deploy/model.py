@@ -3,14 +3,12 @@
 `load_model(path)` reads an exported directory (`scalelab export`) or a finished run directory and returns a
 `DeployedModel`: `prefill` reads a prompt and `step` one more token, each returning log-probabilities of the next
 token and the state to continue from: the Transformer's KV cache, the LSTM's (h, c), the n-gram's last tokens.
-Each sequence starts with the end-of-document token, as every training document does, so a prompt is read as
-the start of a document.
+Which ids a prompt becomes (a text follows the end-of-document token) is `Completion`'s to decide.
 """
 
 from __future__ import annotations
 
 import inspect
-import json
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -22,6 +20,7 @@ import torch
 
 from scalelab.data.tokenizer import Tokenizer
 from scalelab.errors import ConfigError
+from scalelab.io import read_json_object
 
 Quantize = Literal["int8"]
 # The n-gram model reads only its last order - 1 tokens, so it has no context limit of its own; this caps what a
@@ -30,7 +29,8 @@ NGRAM_CONTEXT = 8192
 
 
 class DeployedModel(ABC):
-    """A loaded model; `context_length` counts every token of a sequence, the document-start token included."""
+    """A loaded model; `context_length` counts every token of a sequence, a leading end-of-document token
+    included."""
 
     family: str
     context_length: int
@@ -49,8 +49,8 @@ class DeployedModel(ABC):
 
     @abstractmethod
     def prefill(self, ids: Sequence[int], every_position: bool = False) -> tuple[Any, torch.Tensor]:
-        """Read `ids` (the document-start token first) -> (state, float32 log-probabilities of the token after
-        each position: shape (len(ids), V) when `every_position`, else (V,) for the last)."""
+        """Read `ids` -> (state, float32 log-probabilities of the token after each position: shape (len(ids), V)
+        when `every_position`, else (V,) for the last)."""
 
     @abstractmethod
     def step(self, state: Any, token: int) -> tuple[Any, torch.Tensor]:
@@ -164,7 +164,7 @@ def quantize_int8(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def _from_export(path: Path, name: str) -> DeployedModel:
-    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    config = read_json_object(path / "config.json", "model config")
     tokenizer = Tokenizer.load(path / "tokenizer.json")
     family = config.get("family", "transformer" if "model_type" in config else None)
     if family == "transformer":

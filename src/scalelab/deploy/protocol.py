@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Any
 
-from pydantic import Field, StrictInt, StrictStr, model_validator
+from pydantic import Field, StrictBool, StrictInt, StrictStr, model_validator
 
 from scalelab.config import StrictModel
 from scalelab.data.tokenizer import Tokenizer
@@ -22,16 +22,16 @@ Prompt = StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
 
 
 class StreamOptions(StrictModel):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class CompletionRequest(SamplingParams):
     model: str
     prompt: Prompt = ""
-    n: int = Field(1, ge=1, le=16)
-    stream: bool = False
+    n: StrictInt = Field(1, ge=1, le=16)
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    best_of: int | None = Field(None, ge=1, le=16)
+    best_of: StrictInt | None = Field(None, ge=1, le=16)
     suffix: str | None = None
     user: str | None = None
 

@@ -1,8 +1,10 @@
 """An OpenAI-compatible HTTP server for one model: `scalelab serve DIR`.
 
 Routes: `POST /v1/completions` (streaming or not, logprobs with echo for scoring), `GET /v1/models`,
-`GET /v1/models/{id}`, `GET /health`. Every error is an OpenAI error body; user mistakes are 4xx, so clients do
-not retry them.
+`GET /v1/models/{id}`, `GET /health`; no chat completions, as the models are base models, so any other route,
+`/v1/chat/completions` included, answers 404 naming the one served. Every error is an OpenAI error body; user
+mistakes are 4xx, so clients do not retry them. A request body over `max_body_bytes` is refused with 413 before it
+is parsed.
 
 Concurrency: the model runs on one thread. The requests in flight, at most `max_running`, take turns on it one
 model step (one token) at a time, so a long completion does not hold up a short one and each stream starts
@@ -25,8 +27,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import Field
+from pydantic import Field, field_validator
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from scalelab.config import StrictModel
 from scalelab.deploy import protocol
@@ -44,6 +48,16 @@ class ServeConfig(StrictModel):
     api_key: str | None = Field(None, description="When set, /v1/* requires 'Authorization: Bearer <key>'.")
     max_running: int = Field(4, ge=1, description="Requests generating at once, taking turns a token at a time.")
     max_waiting: int = Field(64, ge=0, description="Requests waiting for a turn; more are refused with 503.")
+    max_body_bytes: int = Field(1 << 20, ge=1, description="Largest request body read; a larger one is refused "
+                                                           "with 413 before any of it is parsed.")
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_not_empty(cls, value: str | None) -> str | None:
+        if value == "":
+            raise ValueError("must not be empty: no request could match it; leave --api-key and SCALELAB_API_KEY "
+                             "unset to serve without a key")
+        return value
 
 
 class Overloaded(Exception):
@@ -100,9 +114,51 @@ class _AdmittedStream(StreamingResponse):
             self.scheduler.leave()
 
 
+class _ErrorResponse(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        # ASCII, escaping the rest: a message may quote the caller's text, and a lone surrogate in it (from a JSON
+        # "\ud800") has no UTF-8 form.
+        return json.dumps(content, separators=(",", ":")).encode("ascii")
+
+
 def _error(status: int, message: str, type_: str, param: str | None = None, code: str | None = None,
            headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(protocol.error_body(message, type_, param, code), status_code=status, headers=headers)
+    return _ErrorResponse(protocol.error_body(message, type_, param, code), status_code=status, headers=headers)
+
+
+class _BodyLimit:
+    """Reads each request's body before the app does, refusing it with 413 once it passes `max_bytes`: at once
+    when Content-Length declares more, else as soon as the bytes received do (a chunked body). The app then
+    receives the messages read, so an oversized body is never parsed or tokenised."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length")
+        too_large = declared is not None and declared.isdigit() and int(declared) > self.max_bytes
+        read: list[Message] = []
+        size, more = 0, not too_large
+        while more:
+            message = await receive()
+            read.append(message)
+            size += len(message.get("body", b""))
+            too_large = size > self.max_bytes
+            more = message.get("more_body", False) and not too_large
+        if too_large:
+            refusal = _error(413, f"The request body is larger than the {self.max_bytes} bytes this server accepts.",
+                             "invalid_request_error", code="request_too_large")
+            await refusal(scope, receive, send)
+            return
+
+        async def replay() -> Message:
+            return read.pop(0) if read else await receive()
+
+        await self.app(scope, replay, send)
 
 
 def create_app(model: DeployedModel, config: ServeConfig) -> FastAPI:
@@ -110,6 +166,7 @@ def create_app(model: DeployedModel, config: ServeConfig) -> FastAPI:
     scheduler = Scheduler(config.max_running, config.max_waiting)
     app.state.scheduler = scheduler
     _install_error_handlers(app)
+    app.add_middleware(_BodyLimit, max_bytes=config.max_body_bytes)  # added first, so inside authentication
     if config.api_key is not None:
         _install_authentication(app, config.api_key)
 
@@ -174,12 +231,11 @@ def _start(model: DeployedModel, request: protocol.CompletionRequest) -> list[_R
     generator = make_generator(params.seed)
     runs = []
     for prompt_index, prompt in enumerate(request.prompts()):
-        ids = model.tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
         # Logprobs' text offsets count from the prompt's start; only an unechoed prompt's length is needed.
         offset = 0 if params.echo or params.logprobs is None else len(
-            prompt if isinstance(prompt, str) else model.tokenizer.decode(ids))
+            prompt if isinstance(prompt, str) else model.tokenizer.decode(prompt))
         for _ in range(request.n):
-            runs.append(_Run(len(runs), prompt_index, Completion(model, ids, params, generator), offset))
+            runs.append(_Run(len(runs), prompt_index, Completion(model, prompt, params, generator), offset))
     return runs
 
 
@@ -256,8 +312,13 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(400, message, "invalid_request_error", param, first["type"])
 
     @app.exception_handler(HTTPException)
-    async def http(_: Request, exc: HTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), "invalid_request_error", headers=exc.headers)
+    async def http(request: Request, exc: HTTPException) -> JSONResponse:
+        message = str(exc.detail)
+        if exc.status_code == 404:  # no such route (a model that does not exist is an InvalidRequest)
+            message = (f"Invalid URL ({request.method} {request.url.path}): this server completes text with a base "
+                       "model at POST /v1/completions and serves no chat completions; it also answers "
+                       "GET /v1/models and GET /health.")
+        return _error(exc.status_code, message, "invalid_request_error", headers=exc.headers)
 
     @app.exception_handler(Overloaded)
     async def overloaded(_: Request, exc: Overloaded) -> JSONResponse:

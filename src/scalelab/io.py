@@ -1,16 +1,18 @@
-"""Writing outputs: checked before the work that produces them, and written so that a reader never sees a
-half-written file (write to a temporary path, then rename)."""
+"""The file-system rules every output follows, defined once: checked before the work that produces it, written
+to a temporary path beside it and renamed into place (a reader sees the old output or the new, never half of one),
+with the permissions of any file the user makes (0644 under the usual umask), and never replacing what scalelab
+did not write."""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from scalelab.errors import DataError, OutputError
 
@@ -48,17 +50,28 @@ def writing(path: Path) -> Iterator[None]:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
+@contextmanager
+def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO]:
+    """A handle on a fresh temporary file beside `path` that replaces `path` once written in full, or vanishes.
+    Created with mode 0666 less the umask, as open() would (mkstemp's 0600 would hide an export from a server
+    running as another user)."""
+    path = Path(path)
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
+            with os.fdopen(descriptor, mode, encoding=None if "b" in mode else "utf-8") as handle:
+                yield handle
             os.replace(tmp, path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    with atomic_file(path, "wb") as handle:
+        handle.write(data)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -111,30 +124,78 @@ def check_replaceable(out: Path, marker: str, what: str, *, force: bool) -> None
                           "give another directory")
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (under any user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def fresh_sibling_dir(path: Path) -> Path:
+    """An empty directory beside `path` (the same file system, so renaming it into place is atomic), named for this
+    process; those left by processes that are gone are removed first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or not process_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Rename the finished directory `tmp` to `out`. What stood at `out` (the caller has checked that scalelab
+    wrote it) is set aside first and removed only once `tmp` is in place, or put back if that fails."""
+    aside = out.parent / f".{out.name}.old-{os.getpid()}" if out.exists() else None
+    if aside is not None:
+        os.replace(out, aside)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if aside is not None:
+            os.replace(aside, out)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
 def publish_directory(out: Path, build: Callable[[Path], None], marker: str, document: dict[str, Any]) -> None:
     """Build a directory output in a fresh sibling, mark it (`document` plus the list of its files), then rename it
-    into place. What stood at `out` (checked by `check_replaceable`) is set aside first and removed only once the
-    new output is in place, or put back if that fails: a reader sees the old output or the new, never half of one."""
+    into place (`replace_dir`)."""
     out = Path(out)
     with writing(out):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+        staging = fresh_sibling_dir(out)
         try:
             build(staging)
             (staging / marker).write_text(json.dumps({**document, "files": files_below(staging)}, indent=2),
                                           encoding="utf-8")
-            staging.chmod(0o755)  # mkdtemp makes it private; an output is for reading, by other users too
-            aside = staging.with_name(staging.name + ".old") if out.exists() else None
-            if aside is not None:
-                os.replace(out, aside)
-            try:
-                os.replace(staging, out)
-            except BaseException:
-                if aside is not None:
-                    os.replace(aside, out)
-                raise
+            _usual_permissions(staging)
+            replace_dir(staging, out)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        if aside is not None:
-            shutil.rmtree(aside)
+
+
+def _usual_permissions(directory: Path) -> None:
+    """Give everything below `directory` the permissions a new file or folder gets (0644 / 0755 under umask 022):
+    some writers, safetensors' among them, make their files private (0600) through a temporary file."""
+    mask = _umask()
+    for path in [directory, *directory.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def _umask() -> int:
+    try:  # Linux says it without changing it; os.umask can only read it by setting it, racing other threads
+        with open("/proc/self/status", encoding="ascii") as status:
+            return next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask

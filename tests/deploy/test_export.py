@@ -1,5 +1,6 @@
 import json
 import logging
+import os
 import shutil
 
 import numpy as np
@@ -166,3 +167,18 @@ def test_transformers_reads_a_prompt_as_scalelab_does(exported, models):
         read.clear()
         generator(text, max_new_tokens=1, do_sample=False)
         assert read[0] == scalelab, text
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_exports_are_readable_by_other_users(runs, tmp_path, family):
+    """A server running as another user must read an export: files 0644 and folders 0755 under umask 022."""
+    from scalelab.deploy.export import export_run
+
+    previous = os.umask(0o022)
+    try:
+        out = export_run(runs[family], tmp_path / family)
+    finally:
+        os.umask(previous)
+    modes = {p.relative_to(out).as_posix(): oct(p.stat().st_mode & 0o777) for p in [out, *out.rglob("*")]}
+    assert {mode for name, mode in modes.items() if (out / name).is_dir()} == {"0o755"}, modes
+    assert {mode for name, mode in modes.items() if (out / name).is_file()} == {"0o644"}, modes

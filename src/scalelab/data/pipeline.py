@@ -38,7 +38,7 @@ from scalelab.data.store import FORMAT_VERSION, MANIFEST, TOKENIZER, SplitWriter
 from scalelab.data.tokenizer import Tokenizer, TokenizerConfig, build_tokenizer, load_cached
 from scalelab.data.variants import Selection, VariantName, select, text_of
 from scalelab.errors import DataError
-from scalelab.io import check_writable_dir, writing
+from scalelab.io import check_writable_dir, fresh_sibling_dir, replace_dir, writing
 from scalelab.parallel import ordered_map
 from scalelab.progress import progress, stderr_console
 
@@ -126,11 +126,11 @@ def prepare(config: PrepareConfig, *, force: bool = False, show_progress: bool =
         resolve_type(source)  # fail on a missing path or unknown type before any work starts
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # --workers is the one parallelism knob
     with writing(out):
-        tmp = _fresh_temp_dir(out)
+        tmp = fresh_sibling_dir(out)
     try:
         manifest = _prepare_into(tmp, config, show_progress)
         with writing(out):
-            _commit(tmp, out)
+            replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -152,40 +152,6 @@ def _existing(out: Path, config: PrepareConfig, force: bool) -> TokenStore | Non
         return store
     raise DataError(f"{out} holds a dataset prepared with a different config; pass --force to replace it "
                     "or choose another --out")
-
-
-def _fresh_temp_dir(out: Path) -> Path:
-    """A temp directory beside `out` (same filesystem, so the final rename is atomic); stale ones go."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.tmp-*"):
-        pid = stale.name.rsplit("-", 1)[-1]
-        if not pid.isdigit() or not _alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    return tmp
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _commit(tmp: Path, out: Path) -> None:
-    """Swap the finished directory into place; an old dataset is moved aside first, then deleted."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _prepare_into(tmp: Path, config: PrepareConfig, show_progress: bool) -> dict[str, Any]:

@@ -34,11 +34,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TextIO
+from typing import TextIO
 
 import numpy as np
 from pydantic import Field
@@ -46,6 +43,7 @@ from pydantic import Field
 from scalelab import __version__
 from scalelab.config import StrictModel, validate
 from scalelab.errors import DataError
+from scalelab.io import atomic_file
 
 FORMAT_VERSION = 1
 HEADER = "ngram.json"
@@ -205,12 +203,12 @@ class KneserNeyLM:
         arrays = {"unigram": self.unigram, **{f"keys{k}": v for k, v in self.keys.items()},
                   **{f"weights{k}": v for k, v in self.weights.items()},
                   **{f"backoffs{k}": v for k, v in self.backoffs.items()}}
-        with _replacing(directory / ARRAYS, "wb") as handle:
+        with atomic_file(directory / ARRAYS, "wb") as handle:
             np.savez(handle, **arrays)
         header = {"format": FORMAT_VERSION, "scalelab_version": __version__, "order": self.order,
                   "vocab_size": self.vocab_size, "discounts": self.discounts.tolist(),
                   "fallback_orders": self.fallback_orders, "num_ngrams": self.num_ngrams}
-        with _replacing(directory / HEADER, "w") as handle:
+        with atomic_file(directory / HEADER, "w") as handle:
             handle.write(json.dumps(header, indent=2) + "\n")
 
     @classmethod
@@ -249,7 +247,7 @@ class KneserNeyLM:
         spelt = _spellings(words, self.vocab_size)
         shift = np.uint64(self.bits)
         counts = self.num_ngrams
-        with _replacing(Path(path), "w") as out:
+        with atomic_file(Path(path), "w") as out:
             out.write("\\data\\\n")
             for k, count in counts.items():
                 out.write(f"ngram {k}={count + (len(SENTENCE_MARKERS) if k == 1 else 0)}\n")
@@ -393,15 +391,3 @@ def _write_lines(out: TextIO, prob: np.ndarray, text: np.ndarray, backoff: np.nd
     if backoff is not None:
         line = np.char.add(np.char.add(line, "\t"), np.char.mod("%.8f", np.log10(backoff)))
     out.write("\n".join(line.tolist()) + "\n")
-
-
-@contextmanager
-def _replacing(path: Path, mode: str) -> Iterator[IO]:
-    """A temporary file next to `path` that replaces it only once written in full."""
-    temporary = path.with_name(path.name + ".tmp")
-    try:
-        with temporary.open(mode, encoding=None if "b" in mode else "utf-8") as handle:
-            yield handle
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)

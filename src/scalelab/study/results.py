@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from scalelab.errors import ConfigError, ScalelabError
-from scalelab.io import check_writable_file, write_bytes_atomic
+from scalelab.io import check_writable_file, process_alive, write_bytes_atomic
 
 if TYPE_CHECKING:
     import pandas
@@ -321,12 +321,4 @@ def runner_gone(record: RunRecord) -> bool:
 
 
 def _other_process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, under another user
-        return True
-    return True
+    return pid != os.getpid() and process_alive(pid)

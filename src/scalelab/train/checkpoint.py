@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from scalelab.errors import ScalelabError
-from scalelab.io import write_text_atomic
+from scalelab.io import fresh_sibling_dir, write_text_atomic
 
 LATEST = "latest"
 BEST = "best"
@@ -57,10 +57,7 @@ def save(directory: Path, name: str, model: torch.nn.Module, optimizer: torch.op
     final = directory / name
     if (final / "state.json").is_file():
         return final  # this step is saved already (as best and latest at once)
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = fresh_sibling_dir(final)
     save_model(model, str(tmp / "model.safetensors"))
     torch.save({"optimizer": optimizer.state_dict() if optimizer else None,
                 "torch_rng": torch.get_rng_state(),

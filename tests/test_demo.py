@@ -1,5 +1,7 @@
 """The demo pipeline end to end at a reduced size: the same code path as `scalelab demo`, on a small dataset."""
 
+from pathlib import Path
+
 from scalelab.config import validate
 from scalelab.demo import demo_spec, export_best, run_demo
 from scalelab.deploy.model import load_model
@@ -30,3 +32,13 @@ def test_demo_presets_load():
     assert cpu.dataset.prepare == gpu.dataset.prepare  # one prepared corpus serves both scales
     assert set(cpu.families) == {"ngram", "lstm", "transformer"}
     assert gpu.train["device"] == "cuda"
+
+
+def test_the_studies_folder_is_the_shipped_presets():
+    """One copy of the presets: `studies/` in the repository is a link to those the package ships."""
+    from importlib import resources
+
+    root = Path(__file__).resolve().parents[1]
+    shipped = Path(str(resources.files("scalelab") / "presets"))
+    assert (root / "studies").resolve() == shipped.resolve()
+    assert sorted(p.name for p in shipped.glob("*.yaml")) == ["demo-gpu.yaml", "demo.yaml", "gpu.yaml"]

@@ -12,6 +12,7 @@ from rich.console import Console
 
 from scalelab import __version__
 from scalelab.errors import ScalelabError
+from scalelab.progress import stderr_console
 
 app = typer.Typer(
     name="scalelab",
@@ -527,7 +528,7 @@ def generate(
                                        "seed": seed, "stop": stop or []}, origin="sampling options")
     model = _load_for_inference(model_dir, quantize, threads)
     generator = make_generator(seed)
-    err = Console(stderr=True)
+    err = stderr_console
     for sample in range(num):
         completion = Completion(model, prompt, params, generator)
         started = time.perf_counter()
@@ -580,7 +581,7 @@ def serve(
                       origin="serve options")
     model = _load_for_inference(model_dir, quantize, threads, name=model_name)
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
-        Console(stderr=True).print(f"warning: serving on {host} without --api-key: anyone who reaches this "
+        stderr_console.print(f"warning: serving on {host} without --api-key: anyone who reaches this "
                                    "machine can use the model", style="yellow", markup=False)
     run_server(model, config, on_ready=lambda url: console.print(
         f"serving [bold]{model.name}[/] ({model.family}, context {model.context_length} tokens) at {url}",
@@ -639,8 +640,8 @@ def main() -> None:
     try:
         app()
     except ScalelabError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        stderr_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted")
+        stderr_console.print("interrupted")
         sys.exit(130)

@@ -13,9 +13,17 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+# Parallelism comes from worker processes; `tokenizers`' own thread pool would only fight them over cores, and it
+# warns (then disables itself) in every process forked after it ran.
+SINGLE_THREADED_TOKENIZERS = {"TOKENIZERS_PARALLELISM": "false"}
+
+
+def single_threaded_tokenizers() -> None:
+    os.environ.update(SINGLE_THREADED_TOKENIZERS)
+
+
 def _init_worker() -> None:
-    # Parallelism comes from the worker processes; nested thread pools would only fight over cores.
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    single_threaded_tokenizers()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 

@@ -35,3 +35,10 @@ def progress(description: str, total: float | None = None, *, unit: str = "bytes
     with Progress(*columns, console=stderr_console, transient=False) as bar:
         task = bar.add_task(description, total=total)
         yield lambda amount: bar.advance(task, amount)
+
+
+def steps_progress() -> Progress:
+    """The training bar: steps done of the total, a free-text `info` field (loss, speed), elapsed and left."""
+    return Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=stderr_console)

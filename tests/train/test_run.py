@@ -100,7 +100,7 @@ def test_nan_loss_stops_with_a_clear_error(prepared, tmp_path, monkeypatch):
             calls.append(1)
         return out * float("nan") if len(calls) > 3 and model.training else out
 
-    monkeypatch.setattr(registry, "logits", poisoned)
+    monkeypatch.setattr("scalelab.train.trainer.model_logits", poisoned)  # the trainer's own reference
     with pytest.raises(TrainingDiverged, match="loss became nan at step 4; last good checkpoint"):
         train_run(tiny(prepared, "transformer", checkpoint_every=2, eval_every=2), tmp_path / "run",
                   show_progress=False)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from collections import Counter
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
@@ -39,7 +38,7 @@ from scalelab.data.tokenizer import Tokenizer, TokenizerConfig, build_tokenizer,
 from scalelab.data.variants import Selection, VariantName, select, text_of
 from scalelab.errors import DataError
 from scalelab.io import check_writable_dir, fresh_sibling_dir, replace_dir, writing
-from scalelab.parallel import ordered_map
+from scalelab.parallel import ordered_map, single_threaded_tokenizers
 from scalelab.progress import progress, stderr_console
 
 # Settings that change how the work is done but not what is written; they stay out of the fingerprint.
@@ -124,7 +123,7 @@ def prepare(config: PrepareConfig, *, force: bool = False, show_progress: bool =
         return existing
     for source in config.sources:
         resolve_type(source)  # fail on a missing path or unknown type before any work starts
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # --workers is the one parallelism knob
+    single_threaded_tokenizers()  # --workers is the one parallelism knob
     with writing(out):
         tmp = fresh_sibling_dir(out)
     try:
@@ -213,11 +212,19 @@ def _batches(items: Iterable[RawDoc], batch_bytes: int) -> Iterator[list[RawDoc]
         yield batch
 
 
+class KeptDocument(NamedTuple):
+    split: SplitName
+    doc_hash: int
+    doc: Any
+    edited: str | None  # the text after the filters' line edits, when they changed it
+    reason: str | None  # the filter rule that drops it, if any
+
+
 @dataclass
 class StagedBatch:
-    """A worker's output: per kept document (split, hash, doc, edited text or None, filter drop reason or None)."""
+    """A worker's output: the documents kept after cleaning, their MinHash bands, and what was skipped."""
 
-    kept: list[tuple[SplitName, int, Any, str | None, str | None]]
+    kept: list[KeptDocument]
     bands: np.ndarray
     skipped: list[Skipped]
     stats: CleanStats
@@ -244,8 +251,8 @@ def stage_batch(args: tuple[list[RawDoc], PrepareConfig]) -> StagedBatch:
         verdict = apply_filters(doc, filters) if filters else doc
         reason = verdict if isinstance(verdict, str) else None
         edited = verdict.text if not isinstance(verdict, str) and verdict.text != doc.text else None
-        kept.append((assign_split(doc_hash, config.split), doc_hash, doc, edited, reason))
-    signatures = minhash_signatures([doc.text for _, _, doc, _, _ in kept], config.dedup.minhash)
+        kept.append(KeptDocument(assign_split(doc_hash, config.split), doc_hash, doc, edited, reason))
+    signatures = minhash_signatures([item.doc.text for item in kept], config.dedup.minhash)
     # Input bytes are counted here, in the workers, to keep encoding text off the single reading process.
     raw_bytes = sum(len(r.data) if isinstance(r.data, bytes) else len(r.data.encode("utf-8")) for r in raw_docs)
     return StagedBatch(kept, band_hashes(signatures, config.dedup.minhash), skipped, stats, raw_bytes)

@@ -21,9 +21,10 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from scalelab.errors import ScalelabError
+from scalelab.parallel import SINGLE_THREADED_TOKENIZERS, single_threaded_tokenizers
 from scalelab.study.plan import PlannedRun
 from scalelab.study.results import ResultsStore
 from scalelab.study.spec import StudySpec
@@ -85,7 +86,22 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6").prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         pass  # not Linux: the run-directory lock still keeps two trainers apart
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    single_threaded_tokenizers()
+
+
+class Backend(Protocol):
+    """Where runs execute: hands out a handle per submitted task and its outcome once done."""
+
+    @property
+    def capacity(self) -> int: ...
+
+    def submit(self, task: RunTask) -> Any: ...
+
+    def wait(self, pending: set[Any]) -> set[Any]: ...
+
+    def outcome(self, handle: Any, run_id: str) -> RunOutcome: ...
+
+    def shutdown(self) -> None: ...
 
 
 class LocalBackend:
@@ -132,7 +148,7 @@ class RayBackend:
         self._ray = ray
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+                     runtime_env={"env_vars": SINGLE_THREADED_TOKENIZERS})
         self._remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(execute)
         self._capacity = max(1, int(ray.cluster_resources().get("CPU", 1) // num_cpus))
 
@@ -157,7 +173,7 @@ class RayBackend:
         return None  # a cluster outlives the study; a local Ray stops with this process
 
 
-def run_all(runs: list[PlannedRun], store: ResultsStore, backend, threads: int,
+def run_all(runs: list[PlannedRun], store: ResultsStore, backend: Backend, threads: int,
             on_outcome: Callable[[PlannedRun, RunOutcome], None] = lambda run, outcome: None) -> None:
     """Claim and run every pending run, keeping the backend's capacity busy."""
     pid, host = os.getpid(), socket.gethostname()
@@ -188,7 +204,7 @@ def run_all(runs: list[PlannedRun], store: ResultsStore, backend, threads: int,
         backend.shutdown()
 
 
-def make_backend(spec: StudySpec, workers: int | None = None, backend: str | None = None):
+def make_backend(spec: StudySpec, workers: int | None = None, backend: str | None = None) -> Backend:
     resources = spec.resources
     if (backend or resources.backend) == "ray":
         return RayBackend(resources.ray_address, resources.num_cpus, resources.num_gpus)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scalelab.progress import stderr_console
+from scalelab.progress import steps_progress
 
 if TYPE_CHECKING:
     from scalelab.train.trainer import Trainer
@@ -54,18 +54,7 @@ class MetricsLog(Callback):
 
 class ProgressBar(Callback):
     def on_train_start(self, trainer: Trainer) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                  console=stderr_console)
+        self._progress = steps_progress()
         self._progress.start()
         self._task = self._progress.add_task("train", total=trainer.total_steps, completed=trainer.state.step,
                                              info="")

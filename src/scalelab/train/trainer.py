@@ -17,6 +17,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from scalelab.errors import ScalelabError, TrainingDiverged
+from scalelab.models.registry import logits as model_logits
 from scalelab.train import checkpoint
 from scalelab.train.batches import WindowBatches
 from scalelab.train.callbacks import Callback
@@ -126,8 +127,6 @@ class Trainer:
 
     def _optimizer_step(self, batch: torch.Tensor) -> tuple[float, float, float, int]:
         """Forward and backward over this rank's micro-batches, then one clipped AdamW step."""
-        from scalelab.models.registry import logits as model_logits
-
         lr = self.config.optim.lr * lr_factor(self.state.step, self.total_steps, self.config.schedule)
         for group in self.optimizer.param_groups:
             group["lr"] = lr

@@ -284,3 +284,14 @@ def test_a_write_that_fails_after_the_checks_is_one_line_exit_2(tmp_path):
     points.write_text("D,loss\n" + "".join(f"{d},{1 + 30 * d ** -0.3}\n" for d in (1e4 * 2**k for k in range(8))))
     assert_user_error(run_cli("fit", str(points), "--unit", "nats", "--bootstrap", "5", "--json",
                               "/proc/scalelab-no-such-dir/fits.json"), "/proc")
+
+
+def test_help_keeps_bracketed_text():
+    """Under rich markup, `[default: the run's]` vanished from help, leaving 'validation or test .'."""
+    from typer.testing import CliRunner
+
+    from scalelab.cli import app
+
+    runner = CliRunner()
+    assert "validation or test [default: the run's]" in runner.invoke(app, ["evaluate", "--help"]).output
+    assert "[default: torch's]" in runner.invoke(app, ["generate", "--help"]).output

@@ -20,6 +20,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Help is plain text: under rich markup, bracketed text such as [default: ...] would vanish.
+    rich_markup_mode=None,
 )
 console = Console()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -179,8 +180,6 @@ def _train_config(data: Path | None, variant: str | None, tokens: str | None, fa
 
 def _parse_count(text: str) -> int:
     """`2000000`, `2M`, `500k`, `1.5e6` -> a positive integer count."""
-    import math
-
     from scalelab.errors import ConfigError
 
     units = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9}
@@ -530,7 +529,6 @@ def generate(
                                        "seed": seed, "stop": stop or []}, origin="sampling options")
     model = _load_for_inference(model_dir, quantize, threads)
     generator = make_generator(seed)
-    err = stderr_console
     for sample in range(num):
         completion = Completion(model, prompt, params, generator)
         started = time.perf_counter()
@@ -540,7 +538,7 @@ def generate(
             sys.stdout.flush()
         elapsed = time.perf_counter() - started
         sys.stdout.write("\n")
-        err.print(f"{model.family} {model.name}: {completion.completion_tokens} tokens in {elapsed:.2f} s, "
+        stderr_console.print(f"{model.family} {model.name}: {completion.completion_tokens} tokens in {elapsed:.2f} s, "
                   f"{completion.completion_tokens / max(elapsed, 1e-9):.1f} tokens/s, finished: "
                   f"{completion.finish_reason}", style="dim", highlight=False, markup=False, soft_wrap=True)
         if sample < num - 1:

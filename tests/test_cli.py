@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from tests.conftest import run_cli, signal_when, write_corpus
 
@@ -195,7 +196,7 @@ def test_evaluate_refuses_bad_options_and_damaged_runs(prepared, tmp_path):
     assert ok.returncode == 0, ok.stderr
     for count in ("1e999", "0", "-1"):
         assert_user_error(run_cli("evaluate", str(out), "--eval-tokens", count), "not a token count")
-    assert_user_error(run_cli("evaluate", str(out), "--split", "train"), "eval_split", "'validation' or 'test'")
+    assert_user_error(run_cli("evaluate", str(out), "--split", "train"), "--split", "'validation', 'test'")
     config = out / "config.yaml"
     config.write_text("data: [unclosed\n")
     assert_user_error(run_cli("evaluate", str(out)), str(config), "not valid YAML")
@@ -295,3 +296,44 @@ def test_help_keeps_bracketed_text():
     runner = CliRunner()
     assert "validation or test [default: the run's]" in runner.invoke(app, ["evaluate", "--help"]).output
     assert "[default: torch's]" in runner.invoke(app, ["generate", "--help"]).output
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["evaluate", "run", "--split", "train"], "'train' is not one of 'validation', 'test'"),
+    (["train", "--regime", "forever"], "'forever' is not one of 'single-pass', 'converge'"),
+    (["study", "run", "spec.yaml", "--backend", "k8s"], "'k8s' is not one of 'local', 'ray'"),
+    (["study", "export", "study", "--format", "xml"], "'xml' is not one of 'csv', 'parquet'"),
+    (["generate", "model", "--quantize", "int4"], "'int4' is not one of 'int8'"),
+    (["demo", "--scale", "tpu"], "'tpu' is not one of 'cpu', 'gpu'"),
+    (["train", "--no-such-flag"], "No such option: --no-such-flag"),
+    (["study", "plan"], "Missing argument"),
+])
+def test_choices_and_usage_errors_are_one_line_exit_2(args, fragment):
+    """The command line's choices are the configs' Literal types, checked by typer before any work."""
+    assert_user_error(run_cli(*args), fragment, "--help")
+
+
+def test_flags_win_over_set_which_wins_over_the_config_file(prepared, tmp_path):
+    config = tmp_path / "train.yaml"
+    config.write_text(f"data: {prepared.path}\nfamily: ngram\ntokens: 1000\nngram: {{order: 2}}\n")
+    out = tmp_path / "run"
+    result = run_cli("train", "-c", str(config), "--set", "tokens=2000", "--set", "ngram.order=3", "--tokens", "3000",
+                     "--out", str(out), "-q")
+    assert result.returncode == 0, result.stderr
+    recorded = yaml.safe_load((out / "config.yaml").read_text())
+    assert recorded["tokens"] == 3000 and recorded["ngram"]["order"] == 3
+
+
+def test_serve_and_generate_help_is_the_configs():
+    from typer.testing import CliRunner
+
+    from scalelab.cli import app
+    from scalelab.deploy.params import SamplingParams, ServeConfig
+
+    serve = " ".join(CliRunner().invoke(app, ["serve", "--help"]).output.split())
+    assert ServeConfig.model_fields["max_body_bytes"].description in serve
+    assert f"[default: {ServeConfig().max_body_bytes}]" in serve
+    generate = " ".join(CliRunner().invoke(app, ["generate", "--help"]).output.split())
+    assert SamplingParams.model_fields["top_p"].description in generate
+    train = " ".join(CliRunner().invoke(app, ["train", "--help"]).output.split())
+    assert "--set optim.lr=0.001" in train

@@ -51,3 +51,22 @@ def test_overrides_index_lists():
     assert merged["sources"][1] == {"path": "b", "text_field": "content"}
     with pytest.raises(ConfigError, match="not an index"):
         apply_overrides(base, ["sources.5.path=x"])
+
+
+def test_layers_from_defaults_to_flags(tmp_path):
+    """defaults < YAML < --set < flags: a flag always wins, --set adjusts the file."""
+    from scalelab.config import layer
+
+    path = tmp_path / "c.yaml"
+    path.write_text("out: from-yaml\nworkers: 3\nsplit: {validation: 0.1, test: 0.1}\n")
+    data = layer(path, ["out=from-set", "split.test=0.2"], {"out": "from-flag", "workers": None,
+                                                             "split": {"validation": None}})
+    assert data == {"out": "from-flag", "workers": 3, "split": {"validation": 0.1, "test": 0.2}}
+    assert layer(path, ["workers=4"])["workers"] == 4
+
+
+def test_the_layering_is_documented_where_it_lives():
+    import scalelab.config
+
+    assert "defaults  <  the YAML file (--config)  <  --set overrides  <  the command's own flags" in \
+        scalelab.config.__doc__

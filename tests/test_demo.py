@@ -18,8 +18,8 @@ def test_demo_pipeline_at_a_reduced_size(prepared, tmp_path):
     index, analysis = run_demo(spec, show_progress=False)
     page = index.read_text(encoding="utf-8")
     assert index == tmp_path / "mini" / "report" / "index.html"
-    assert {g["family"] for g in analysis["groups"]} == {"ngram", "transformer"}
-    assert analysis["sentences"] and analysis["sentences"][0][1:20] in page  # the page capitalises sentences
+    assert {g.family for g in analysis.groups} == {"ngram", "transformer"}
+    assert analysis.sentences and analysis.sentences[0][1:20] in page  # the page capitalises sentences
     model_dir, run = export_best(spec)
     transformers = load_results(spec.directory).query("family == 'transformer'")
     assert run["loss"] == transformers["loss"].min() and model_dir == tmp_path / "mini" / "model"

@@ -6,14 +6,21 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
 from scalelab import __version__
+from scalelab.choices import Backend, EvalSplit, ExportFormat, Quantize, Regime, Scale
+from scalelab.deploy.params import GENERATE_DEFAULTS, SamplingParams, ServeConfig
 from scalelab.errors import ScalelabError
+from scalelab.laws.units import Unit
+from scalelab.models import registry
 from scalelab.progress import stderr_console
+
+if TYPE_CHECKING:
+    from scalelab.laws.analysis import Analysis
 
 app = typer.Typer(
     name="scalelab",
@@ -29,8 +36,17 @@ console = Console()
 DEFAULT_DATASETS = Path("datasets")
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
-SetOption = Annotated[list[str] | None, typer.Option(
-    "--set", "-s", help="Override a config field: --set split.validation=0.05 (repeatable).")]
+
+
+def _set_option(example: str) -> Any:
+    return Annotated[list[str] | None, typer.Option(
+        "--set", "-s", help=f"Set a config field, over --config and under this command's own flags: --set {example} "
+                            "(repeatable).")]
+
+
+PrepareSet = _set_option("split.validation=0.05")
+TrainSet = _set_option("optim.lr=0.001")
+StudySet = _set_option("seeds=[0,1,2]")
 
 
 def _version(value: bool) -> None:
@@ -51,27 +67,15 @@ def _prepare_config(sources: list[str], out: Path | None, config: Path | None, o
     from scalelab import config as cfg
     from scalelab.data import PrepareConfig
 
-    base: dict[str, Any] = {}
-    if sources:
-        base["sources"] = [{"path": s} for s in sources]
-    if workers is not None:
-        base["workers"] = workers
-    if strict:
-        base["strict"] = True
-    if variants:
-        base["variants"] = [v.strip() for v in variants.split(",")]
-    data = cfg.read_yaml(config) if config else {}
-    merged = {**data, **base}
-    if filters:
-        merged["filters"] = {**merged.get("filters", {}), "preset": filters}
+    merged = cfg.layer(config, overrides, {
+        "sources": [{"path": s} for s in sources] or None, "workers": workers, "strict": strict or None,
+        "variants": [v.strip() for v in variants.split(",")] if variants else None,
+        "filters": {"preset": filters}, "out": str(out) if out is not None else None})
     merged.setdefault("sources", [{"path": "stdlib"}])
-    if out is not None:
-        merged["out"] = str(out)
-    elif "out" not in merged:
+    if "out" not in merged:
         first = cfg.validate(PrepareConfig, {**merged, "out": "."}).sources[0]
         merged["out"] = str(DEFAULT_DATASETS / first.label)
-    return cfg.validate(PrepareConfig, cfg.apply_overrides(merged, overrides),
-                        origin=str(config) if config else "config")
+    return cfg.validate(PrepareConfig, merged, origin=str(config) if config else "config")
 
 
 FiltersOption = Annotated[str | None, typer.Option(
@@ -97,7 +101,7 @@ def prepare(
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Dataset directory [default: datasets/NAME].")] = None,
     config: ConfigOption = None,
-    overrides: SetOption = None,
+    overrides: PrepareSet = None,
     workers: Annotated[int | None, typer.Option(
         "--workers", "-w", help="Processes for cleaning and tokenizing.")] = None,
     strict: Annotated[bool, typer.Option(
@@ -166,16 +170,13 @@ def _train_config(data: Path | None, variant: str | None, tokens: str | None, fa
     from scalelab import config as cfg
     from scalelab.train.config import TrainConfig
 
-    merged = cfg.read_yaml(config) if config else {}
-    for key, value in (("data", str(data) if data else None), ("variant", variant), ("family", family),
-                       ("regime", regime), ("tokens", _parse_count(tokens) if tokens else None)):
-        if value is not None:
-            merged[key] = value
+    merged = cfg.layer(config, overrides, {
+        "data": str(data) if data else None, "variant": variant, "family": family, "regime": regime,
+        "tokens": _parse_count(tokens) if tokens else None})
     if size is not None:
-        chosen = merged.get("family", "transformer")
-        field, value = ("order", size) if chosen == "ngram" else ("size", size)
-        merged[chosen] = {**merged.get(chosen, {}), field: value}
-    return cfg.validate(TrainConfig, cfg.apply_overrides(merged, overrides), origin=str(config) if config else "config")
+        chosen = merged.get("family", registry.DEFAULT)
+        merged = cfg.deep_merge(merged, {chosen: registry.family(chosen).size_fields(size)})
+    return cfg.validate(TrainConfig, merged, origin=str(config) if config else "config")
 
 
 def _parse_count(text: str) -> int:
@@ -212,15 +213,18 @@ def train(
     data: Annotated[Path | None, typer.Option("--data", "-d", help="A prepared dataset directory.")] = None,
     tokens: Annotated[str | None, typer.Option(
         "--tokens", "-D", help="D: train on the first D tokens (2M, 500k).")] = None,
-    family: Annotated[str | None, typer.Option("--family", "-f", help="ngram, lstm or transformer.")] = None,
+    family: Annotated[str | None, typer.Option(
+        "--family", "-f", help=f"Model family: {', '.join(registry.FAMILIES)} [default: {registry.DEFAULT}].")] = None,
     size: Annotated[str | None, typer.Option(
         "--size", help="Model size preset (e.g. 1M, 10M); for ngram, the order (2-6).")] = None,
     variant: Annotated[str | None, typer.Option("--variant", help="Train variant of the dataset.")] = None,
-    regime: Annotated[str | None, typer.Option("--regime", help="single-pass or converge.")] = None,
+    regime: Annotated[Regime | None, typer.Option(
+        "--regime", help="single-pass: the D tokens once; converge: repeat them until held-out loss stops improving.")
+    ] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Run directory [default: runs/FAMILY-SIZE-D].")] = None,
     config: ConfigOption = None,
-    overrides: SetOption = None,
+    overrides: TrainSet = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Start over even if the run directory holds this run.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -229,7 +233,7 @@ def train(
     from scalelab.train.run import train_run
 
     resolved = _train_config(data, variant, tokens, family, size, regime, config, overrides or [])
-    model_size = resolved.ngram.order if resolved.family == "ngram" else resolved.model_config_for_family.size
+    model_size = registry.family(resolved.family).size_label(resolved.model)
     run_dir = out or Path("runs") / f"{resolved.family}-{model_size}-{resolved.tokens}"
     outcome = train_run(resolved, run_dir, force=force, show_progress=not quiet)
     print_eval(outcome, f"{resolved.family} {model_size} on {resolved.tokens:,} tokens")
@@ -241,7 +245,7 @@ def train(
 @app.command()
 def evaluate(
     run: Annotated[Path, typer.Argument(help="A run directory written by `scalelab train`.")],
-    split: Annotated[str | None, typer.Option("--split", help="validation or test [default: the run's].")] = None,
+    split: Annotated[EvalSplit | None, typer.Option("--split", help="validation or test [default: the run's].")] = None,
     eval_tokens: Annotated[str | None, typer.Option("--eval-tokens", help="Held-out token budget.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
@@ -275,7 +279,7 @@ def _duration(seconds: float | None) -> str:
 @study_app.command("plan")
 def study_plan(
     spec_path: StudyArgument,
-    overrides: SetOption = None,
+    overrides: StudySet = None,
     probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Time a few steps per model to estimate "
                                                                    "wall time.")] = True,
 ) -> None:
@@ -291,15 +295,16 @@ def study_plan(
                    "est. time", "run id"):
         table.add_column(column, justify="left" if column in ("family", "variant", "run id") else "right")
     for run in runs:
-        neural = run.family != "ngram"
+        trained = run.flops > 0  # a model counted in one pass has no learning rate, batches or FLOPs
+        config = run.train_config()
         table.add_row(run.family, run.size, run.variant, f"{run.D:,}", f"{run.U:,}", str(run.seed),
-                      f"{run.config.optim.lr:.2g}" if neural else "-", str(run.config.batch_size) if neural else "-",
-                      f"{run.train_tokens:,}", f"{run.flops:.2e}" if neural else "-", _duration(run.seconds),
-                      run.run_id[:8])
+                      f"{config.optim.lr:.2g}" if trained else "-", str(config.batch_size) if trained else "-",
+                      f"{run.train_tokens:,}", f"{run.flops:.2e}" if trained else "-",
+                      _duration(run.estimated_seconds), run.id[:8])
     console.print(table)
     workers = spec.resources.workers
     if probe:
-        total = sum(r.seconds for r in runs)
+        total = sum(r.estimated_seconds for r in runs)
         console.print(f"estimated: {_duration(total)} of single-run time, about {_duration(total / workers)} "
                       f"with {workers} worker{'s' if workers > 1 else ''}")
     console.print(f"total: {sum(r.train_tokens for r in runs):,} training tokens, {sum(r.flops for r in runs):.2e} "
@@ -309,19 +314,16 @@ def study_plan(
 @study_app.command("run")
 def study_run(
     spec_path: StudyArgument,
-    overrides: SetOption = None,
+    overrides: StudySet = None,
     workers: Annotated[int | None, typer.Option("--workers", "-w", help="Runs at once (local backend).")] = None,
-    backend: Annotated[str | None, typer.Option("--backend", help="local or ray.")] = None,
+    backend: Annotated[Backend | None, typer.Option(
+        "--backend", help="Where runs execute [default: the spec's resources.backend].")] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run failed runs again.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     """Run what the study is missing; finished runs are never repeated, interrupted ones resume."""
     from scalelab.study.api import load_spec, run_study
 
-    if backend not in (None, "local", "ray"):
-        from scalelab.errors import ConfigError
-
-        raise ConfigError(f"--backend must be local or ray (got {backend!r})")
     spec = load_spec(spec_path, overrides or [])
     counts = run_study(spec, workers=workers, backend=backend, retry_failed=retry_failed, show_progress=not quiet)
     console.print(", ".join(f"{n} {status}" for status, n in counts.items()) + f"  ({spec.directory})")
@@ -355,16 +357,13 @@ def study_status(target: StudyTarget) -> None:
 @study_app.command("export")
 def study_export(
     target: StudyTarget,
-    fmt: Annotated[str, typer.Option("--format", help="csv or parquet.")] = "csv",
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="File format.")] = "csv",
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="File to write [default: STUDY_DIR/results.FORMAT].")] = None,
 ) -> None:
     """Write one row per run (config, status, metrics) as CSV or Parquet."""
-    from scalelab.errors import ConfigError
     from scalelab.study.api import open_results, study_directory
 
-    if fmt not in ("csv", "parquet"):
-        raise ConfigError(f"--format must be csv or parquet (got {fmt!r})")
     path = out or study_directory(target) / f"results.{fmt}"
     with open_results(target) as store:
         store.export(path, fmt)
@@ -373,42 +372,36 @@ def study_export(
 
 FitSource = Annotated[Path, typer.Argument(help="A study directory (or its spec), or a CSV with columns D, loss "
                                              "(or bits_per_byte) and optionally N, U, family, variant.")]
-UnitOption = Annotated[str, typer.Option("--unit", help="bits_per_byte or nats.")]
 
 
-def _unit(unit: str) -> str:
-    from scalelab.errors import ConfigError
-
-    if unit not in ("bits_per_byte", "nats"):
-        raise ConfigError(f"--unit must be bits_per_byte or nats (got {unit!r})")
-    return unit
+UnitOption = Annotated[Unit, typer.Option("--unit", help="The loss the laws are fitted to.")]
 
 
-def print_fits(analysis: dict[str, Any]) -> None:
+def print_fits(analysis: Analysis) -> None:
     from rich.table import Table
 
-    for group in analysis["groups"]:
-        title = f"{group['family']} ({group['variant']}): {group['form']} law, {group['points']} points"
-        if "error" in group:
-            console.print(f"[bold]{title}[/]: no fit — {group['error']}")
+    for group in analysis.groups:
+        title = f"{group.family} ({group.variant}): {group.form} law, {group.points} points"
+        if group.fit is None:
+            console.print(f"[bold]{title}[/]: no fit — {group.error}")
             continue
-        fit = group["fit"]
+        fit = group.fit
         table = Table(title=title, header_style="bold")
-        for column in ("parameter", "value", f"{round(100 * analysis['level'])}% interval"):
+        for column in ("parameter", "value", f"{round(100 * analysis.level)}% interval"):
             table.add_column(column, justify="right")
-        for name, value in fit["params"].items():
-            low, high = fit["intervals"].get(name, (float("nan"), float("nan")))
+        for name, value in fit.params.items():
+            low, high = fit.intervals.get(name, (math.nan, math.nan))
             table.add_row(name, f"{value:.4g}", f"{low:.4g} – {high:.4g}")
         console.print(table)
-        quality = f"fit: rmse of log loss {fit['rmse_log']:.4f}, R² {fit['r2']:.4f}"
-        backtest = group.get("backtest")
-        if backtest:
-            quality += (f"; backtest (fit on {backtest['fitted_on']} smaller D, predict {len(backtest['actual'])} "
-                        f"larger): mean error {100 * backtest['mean_abs_rel_error']:.2f}%, "
-                        f"max {100 * backtest['max_abs_rel_error']:.2f}%")
+        quality = f"fit: rmse of log loss {fit.rmse_log:.4f}, R² {fit.r2:.4f}"
+        backtest = group.backtest
+        if backtest is not None:
+            quality += (f"; backtest (fit on {backtest.fitted_on} smaller D, predict {len(backtest.actual)} "
+                        f"larger): mean error {100 * backtest.mean_abs_rel_error:.2f}%, "
+                        f"max {100 * backtest.max_abs_rel_error:.2f}%")
         console.print(quality)
     console.print("[bold]What the fits say[/]")
-    for sentence in analysis["sentences"]:
+    for sentence in analysis.sentences:
         console.print(f"- {sentence}")
 
 
@@ -431,10 +424,10 @@ def fit(
     check_options(bootstrap=bootstrap, target=target, epsilon=epsilon)
     if json_out is not None:
         check_writable_file(json_out)
-    analysis = analyse(load_points(source), unit=_unit(unit), bootstrap=bootstrap, target=target, epsilon=epsilon)
+    analysis = analyse(load_points(source), unit=unit, bootstrap=bootstrap, target=target, epsilon=epsilon)
     print_fits(analysis)
     if json_out is not None:
-        write_json_atomic(json_out, analysis)
+        write_json_atomic(json_out, analysis.to_dict())
         console.print(f"wrote {json_out}")
 
 
@@ -459,11 +452,11 @@ def plan_data(
         points = points[points["variant"] == variant]
     if points.empty:
         raise DataError(f"no finished runs match family={family!r} variant={variant!r} in {source}")
-    analysis = analyse(points, unit=_unit(unit), bootstrap=bootstrap, target=target_loss)
-    for group in analysis["groups"]:
-        answer = group.get("answers", {}).get("data_for_loss")
-        console.print(f"- {answer['sentence']}" if answer else
-                      f"- the {group['family']} ({group['variant']}): {group.get('error', 'no answer')}")
+    analysis = analyse(points, unit=unit, bootstrap=bootstrap, target=target_loss)
+    for group in analysis.groups:
+        answer = group.answers.get("data_for_loss")
+        console.print(f"- {answer.sentence()}" if answer is not None else
+                      f"- the {group.family} ({group.variant}): {group.error or group.answers_error}")
 
 
 @app.command()
@@ -480,37 +473,46 @@ def export(
 
 
 ModelDir = Annotated[Path, typer.Argument(help="An exported model (scalelab export) or a finished run directory.")]
-QuantizeOption = Annotated[str | None, typer.Option(
+QuantizeOption = Annotated[Quantize | None, typer.Option(
     "--quantize", help="int8: dynamic int8 quantisation of the Linear and LSTM layers (neural models, CPU).")]
 ThreadsOption = Annotated[int | None, typer.Option("--threads", help="torch CPU threads [default: torch's].")]
 
 
-def _load_for_inference(model_dir: Path, quantize: str | None, threads: int | None, name: str | None = None):
+def _load_for_inference(model_dir: Path, quantize: Quantize | None, threads: int | None, name: str | None = None):
     import torch
 
     from scalelab.deploy.model import load_model
     from scalelab.errors import ConfigError
 
-    if quantize not in (None, "int8"):
-        raise ConfigError(f"--quantize must be int8 (got {quantize!r})")
     if threads is not None:
         if threads < 1:
             raise ConfigError(f"--threads must be at least 1 (got {threads})")
         torch.set_num_threads(threads)
-    return load_model(model_dir, quantize=quantize, name=name)  # type: ignore[arg-type]
+    return load_model(model_dir, quantize=quantize, name=name)
+
+
+def _described(model: Any, name: str) -> str:
+    """A config field's description: the help of the flag that sets it."""
+    return model.model_fields[name].description
+
+
+def _default(model: Any, name: str) -> Any:
+    return model.model_fields[name].default
 
 
 @app.command()
 def generate(
     model_dir: ModelDir,
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text to continue [default: a new document].")] = "",
-    max_tokens: Annotated[int, typer.Option("--max-tokens", "-m", help="Tokens to generate at most.")] = 100,
-    temperature: Annotated[float, typer.Option("--temperature", "-t", help="0 is greedy; higher is more varied.")
-                           ] = 0.8,
-    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass (1 = off).")] = 0.95,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed for reproducible samples.")] = None,
-    stop: Annotated[list[str] | None, typer.Option("--stop", help="End a sample at this string (repeatable).")
-                    ] = None,
+    max_tokens: Annotated[int, typer.Option(
+        "--max-tokens", "-m", help=_described(SamplingParams, "max_tokens"))] = GENERATE_DEFAULTS["max_tokens"],
+    temperature: Annotated[float, typer.Option(
+        "--temperature", "-t", help=_described(SamplingParams, "temperature"))] = GENERATE_DEFAULTS["temperature"],
+    top_p: Annotated[float, typer.Option(
+        "--top-p", help=_described(SamplingParams, "top_p"))] = GENERATE_DEFAULTS["top_p"],
+    seed: Annotated[int | None, typer.Option("--seed", help=_described(SamplingParams, "seed"))] = None,
+    stop: Annotated[list[str] | None, typer.Option(
+        "--stop", help=f"{_described(SamplingParams, 'stop')} Repeatable.")] = None,
     num: Annotated[int, typer.Option("--num", "-n", help="Samples to draw.")] = 1,
     quantize: QuantizeOption = None,
     threads: ThreadsOption = None,
@@ -520,7 +522,7 @@ def generate(
 
     from scalelab.config import validate
     from scalelab.deploy.completion import Completion
-    from scalelab.deploy.sampling import SamplingParams, make_generator
+    from scalelab.deploy.sampling import make_generator
     from scalelab.errors import ConfigError
 
     if num < 1:
@@ -548,28 +550,24 @@ def generate(
 @app.command()
 def serve(
     model_dir: ModelDir,
-    host: Annotated[str, typer.Option("--host", help="Address to bind; 0.0.0.0 exposes the server to the "
-                                                     "network.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8000,
+    host: Annotated[str, typer.Option("--host", help=_described(ServeConfig, "host"))] = _default(ServeConfig, "host"),
+    port: Annotated[int, typer.Option("--port", help=_described(ServeConfig, "port"))] = _default(ServeConfig, "port"),
     api_key: Annotated[str | None, typer.Option(
-        "--api-key", help="Require 'Authorization: Bearer KEY' on /v1/*; SCALELAB_API_KEY gives the default.")
-    ] = None,
+        "--api-key", help=f"{_described(ServeConfig, 'api_key')} SCALELAB_API_KEY gives the default.")] = None,
     model_name: Annotated[str | None, typer.Option(
         "--model-name", help="The model id clients ask for [default: the directory's name].")] = None,
     max_running: Annotated[int, typer.Option(
-        "--max-running", help="Requests generating at once (they take turns a token at a time).")] = 4,
+        "--max-running", help=_described(ServeConfig, "max_running"))] = _default(ServeConfig, "max_running"),
     max_waiting: Annotated[int, typer.Option(
-        "--max-waiting", help="Requests queued beyond those; more are refused at once with 503.")] = 64,
+        "--max-waiting", help=_described(ServeConfig, "max_waiting"))] = _default(ServeConfig, "max_waiting"),
     max_body_bytes: Annotated[int, typer.Option(
-        "--max-body-bytes", help="Largest request body accepted; a larger one is refused with 413 unread.")
-    ] = 1 << 20,
+        "--max-body-bytes", help=_described(ServeConfig, "max_body_bytes"))] = _default(ServeConfig, "max_body_bytes"),
     quantize: QuantizeOption = None,
     threads: ThreadsOption = None,
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API: /v1/completions (streaming, logprobs, echo),
     /v1/models, /health."""
     from scalelab.config import validate
-    from scalelab.deploy.server import ServeConfig
     from scalelab.deploy.server import serve as run_server
 
     if api_key is None:
@@ -600,13 +598,13 @@ def report(
     from scalelab.report import write_report
     from scalelab.study.api import study_directory
 
-    index = write_report(study_directory(study), out, unit=_unit(unit), bootstrap=bootstrap)
+    index = write_report(study_directory(study), out, unit=unit, bootstrap=bootstrap)
     console.print(f"report: [bold]{index}[/]")
 
 
 @app.command()
 def demo(
-    scale: Annotated[str, typer.Option("--scale", help="cpu (minutes on 2 cores) or gpu (larger models).")] = "cpu",
+    scale: Annotated[Scale, typer.Option("--scale", help="cpu: minutes on 2 cores; gpu: larger models.")] = "cpu",
     workers: Annotated[int | None, typer.Option(
         "--workers", "-w", help="Runs at once [default: the preset's].")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
@@ -616,13 +614,10 @@ def demo(
     magnitude), fit the scaling laws, write the report and state what the fits say. Finished work is reused."""
     import time
 
-    from scalelab.demo import PRESETS, demo_spec, export_best, run_demo
-    from scalelab.errors import ConfigError
+    from scalelab.demo import demo_spec, export_best, run_demo
 
-    if scale not in PRESETS:
-        raise ConfigError(f"--scale must be one of {', '.join(PRESETS)} (got {scale!r})")
     started = time.perf_counter()
-    spec = demo_spec(scale)  # type: ignore[arg-type]
+    spec = demo_spec(scale)
     index, analysis = run_demo(spec, workers=workers, show_progress=not quiet)
     print_fits(analysis)
     exported = export_best(spec)
@@ -636,12 +631,30 @@ def demo(
                       highlight=False, soft_wrap=True)
 
 
+# click's UsageError, which typer does not re-export (and which newer typer releases vendor): its BadParameter is one.
+USAGE_ERROR = next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "UsageError")
+
+
 def main() -> None:
+    """Run the command; a user's mistake, whether click finds it in the arguments or scalelab in the input, ends in
+    one line on stderr and exit status 2."""
     try:
-        app()
+        status = app(standalone_mode=False)
+    except USAGE_ERROR as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # no arguments at all: the help is the answer
+            exc.show()
+            sys.exit(exc.exit_code)
+        command = exc.ctx.command_path if exc.ctx else "scalelab"
+        _fail(f"{exc.format_message().replace('Value error, ', '')} (see {command} --help)")
     except ScalelabError as exc:
-        stderr_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
+        _fail(str(exc))
+    except (KeyboardInterrupt, typer.Abort):
         stderr_console.print("interrupted")
         sys.exit(130)
+    if isinstance(status, int) and status:
+        sys.exit(status)
+
+
+def _fail(message: str) -> None:
+    stderr_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+    sys.exit(2)

@@ -36,7 +36,7 @@ def test_generate_several_samples_int8(exported):
 @pytest.mark.parametrize("args, fragments", [
     (["--temperature", "5"], ["temperature", "less than or equal to 2"]),
     (["--max-tokens", "500"], ["maximum context length is 64 tokens", "500 for the completion"]),
-    (["--quantize", "int4"], ["--quantize must be int8"]),
+    (["--quantize", "int4"], ["--quantize", "'int4' is not one of 'int8'"]),
     (["--num", "0"], ["--num must be at least 1"]),
     (["--seed", str(2**64)], ["seed", "less than or equal to 18446744073709551615"]),
     # Python decodes argv bytes that are not UTF-8 into lone surrogates (surrogateescape).

@@ -5,7 +5,8 @@ from hypothesis import strategies as st
 
 from scalelab.data.tokenizer import EOD
 from scalelab.deploy.completion import Completion, TextStream
-from scalelab.deploy.sampling import InvalidRequest, SamplingParams, make_generator
+from scalelab.deploy.params import InvalidRequest, SamplingParams
+from scalelab.deploy.sampling import make_generator
 from tests.deploy.conftest import CONTEXT, FAMILIES
 
 ALPHABET = "ab é世\n."

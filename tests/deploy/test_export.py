@@ -9,10 +9,11 @@ import torch
 import yaml
 
 from scalelab import __version__
-from scalelab.deploy.export import load_lstm
+from scalelab.families.lstm import load_lstm
 from scalelab.models.ngram import KneserNeyLM
+from scalelab.models.registry import family
 from scalelab.train import checkpoint
-from scalelab.train.run import build_model, load_run_config
+from scalelab.train.rundir import RunDir
 from tests.conftest import run_cli
 from tests.deploy.conftest import CONTEXT, FAMILIES, ROPE_THETA
 from tests.test_cli import assert_user_error
@@ -21,8 +22,8 @@ MARKER = ".scalelab-export.json"  # the name is the contract: other tools may lo
 
 
 def reference_model(run_dir, prepared):
-    config = load_run_config(run_dir)
-    model = build_model(config, prepared.tokenizer.vocab_size)
+    config = RunDir(run_dir).config()
+    model = family(config.family).new_model(config, prepared.tokenizer.vocab_size)
     checkpoint.load_weights(checkpoint.resolve(run_dir / "checkpoints"), model)
     return model.eval()
 
@@ -151,7 +152,8 @@ def test_transformers_reads_a_prompt_as_scalelab_does(exported, models):
 
     from scalelab.data.tokenizer import EOD
     from scalelab.deploy.completion import Completion
-    from scalelab.deploy.sampling import SamplingParams, make_generator
+    from scalelab.deploy.params import SamplingParams
+    from scalelab.deploy.sampling import make_generator
 
     out, model = exported["transformer"], models["transformer"]
     assert json.loads((out / "tokenizer_config.json").read_text())["add_bos_token"] is True

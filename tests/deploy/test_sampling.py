@@ -6,7 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from scalelab.config import validate
-from scalelab.deploy.sampling import InvalidRequest, Sampler, SamplingParams, make_generator
+from scalelab.deploy.params import InvalidRequest, SamplingParams
+from scalelab.deploy.sampling import Sampler, make_generator
 from scalelab.errors import ConfigError
 
 PROBS = torch.tensor([0.4, 0.3, 0.2, 0.1])

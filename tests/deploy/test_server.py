@@ -17,7 +17,8 @@ import pytest
 import torch
 import uvicorn
 
-from scalelab.deploy.server import ServeConfig, create_app
+from scalelab.deploy.params import ServeConfig
+from scalelab.deploy.server import create_app
 from tests.deploy.conftest import CONTEXT
 from tests.deploy.test_completion import Recording
 

@@ -1,10 +1,14 @@
+import copy
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from scalelab.errors import ConfigError, DataError
+from scalelab.laws import planner
 from scalelab.laws.analysis import analyse, choose_form, load_points
 from tests.conftest import run_cli
 from tests.test_cli import assert_user_error
@@ -28,16 +32,16 @@ def test_forms_follow_the_design():
 def test_analysis_recovers_the_law_and_answers(tmp_path):
     frame = pd.concat([law_points(), law_points(B=20.0, variant="filtered", seed=1)])
     result = analyse(frame, unit="nats", bootstrap=50)
-    raw = next(g for g in result["groups"] if g["variant"] == "raw")
-    assert raw["form"] == "data"
-    assert raw["fit"]["params"]["beta"] == pytest.approx(0.3, rel=0.15)
-    assert raw["backtest"]["mean_abs_rel_error"] < 0.02
-    assert {"data_for_loss", "doubling_gain", "saturation"} <= set(raw["answers"])
-    multiplier = result["multipliers"][0]
-    assert multiplier["base"] == "filtered" or multiplier["other"] == "filtered"
-    assert multiplier["value"] > 1  # the filtered curve lies below the raw one
-    assert any("is worth about" in s for s in result["sentences"])
-    json.dumps(result)
+    raw = next(g for g in result.groups if g.variant == "raw")
+    assert raw.form == "data"
+    assert raw.fit.params["beta"] == pytest.approx(0.3, rel=0.15)
+    assert raw.backtest.mean_abs_rel_error < 0.02
+    assert {"data_for_loss", "doubling_gain", "saturation"} <= set(raw.answers)
+    multiplier = result.multipliers[0]
+    assert multiplier.base == "filtered" or multiplier.other == "filtered"
+    assert multiplier.answer.value > 1  # the filtered curve lies below the raw one
+    assert any("is worth about" in s for s in result.sentences)
+    json.dumps(result.to_dict())
 
 
 def test_fit_cli_on_a_csv(tmp_path):
@@ -144,3 +148,54 @@ def test_analyse_validates_its_options():
                               ({"bootstrap": -2}, "bootstrap"), ({"level": 1.0}, "level")):
         with pytest.raises(ConfigError, match=fragment):
             analyse(frame, unit="nats", **options)
+
+
+def test_sentences_state_the_epsilon_used():
+    """Neither the saturation sentences nor the summary's own say 1% when the analysis was asked for 5%."""
+    frame = pd.concat([law_points(), law_points(B=20.0, variant="filtered", seed=1),
+                       law_points(E=0.01, variant="unsaturated", seed=2)])
+    result = analyse(frame, unit="nats", bootstrap=0, epsilon=0.05)
+    assert result.epsilon == 0.05 and result.to_dict()["epsilon"] == 0.05 and result.to_dict()["target"] is None
+    saturating = [s for s in result.sentences if "saturat" in s or "doubling of the data lowers" in s]
+    assert any(s.startswith("the transformer (unsaturated) shows no sign of saturating") and "gaining over 5% far"
+               in s for s in saturating), saturating
+    assert any("saturates first" in s and s.endswith("a doubling gains under 5%") for s in saturating), saturating
+    assert any("by less than 5%" in s for s in saturating), saturating
+    assert not [s for s in result.sentences if re.search(r"(?<![\d.])1%", s)]
+
+
+def test_analyse_builds_its_answers_without_rewriting_the_planners_or_its_input():
+    """A saturation point past the horizon is stated in words, in a new answer: the planner's stays as it was, the
+    frame is untouched, and the JSON is built afresh each time."""
+    frame = law_points(E=0.01)
+    before = copy.deepcopy(frame)
+    result = analyse(frame, unit="nats", bootstrap=0, epsilon=0.05)
+    assert frame.equals(before)
+    (group,) = result.groups
+    stated = group.answers["saturation"]
+    asked = planner.saturation(group.fit, 0.05, label="the transformer (raw)")
+    assert stated.value == asked.value and "shows no sign of saturating" in stated.sentence()
+    assert "shows no sign" not in asked.sentence() and stated.sentence() in result.sentences
+    first = result.to_dict()
+    first["groups"][0]["answers"]["saturation"]["sentence"] = "changed"
+    assert result.to_dict()["groups"][0]["answers"]["saturation"]["sentence"] == stated.sentence()
+
+
+def test_typer_checks_the_unit_against_its_one_definition(tmp_path):
+    path = tmp_path / "points.csv"
+    law_points().to_csv(path, index=False)
+    for command in (["fit", str(path)], ["plan-data", str(path), "--target-loss", "1.5"], ["report", str(tmp_path)]):
+        assert_user_error(run_cli(*command, "--unit", "furlongs"), "--unit",
+                          "'furlongs' is not one of 'nats', 'bits_per_byte'")
+    assert "nats|bits_per_byte" in run_cli("fit", "--help").stdout
+
+
+def test_the_unit_is_defined_once():
+    """One Literal names the units; the fits, the analysis, the report and the CLI import it."""
+    import scalelab
+    from scalelab.laws.units import UNITS
+
+    root = Path(scalelab.__file__).parent
+    defining = [p.relative_to(root).as_posix() for p in root.rglob("*.py")
+                if re.search(r"^Unit\s*=", p.read_text(encoding="utf-8"), flags=re.M)]
+    assert defining == ["laws/units.py"] and UNITS == ("nats", "bits_per_byte")

@@ -5,8 +5,8 @@ import torch
 
 from scalelab.config import validate
 from scalelab.errors import ConfigError
+from scalelab.models.accounting import non_embedding_params, total_params
 from scalelab.models.lstm import PRESETS, LSTMConfig, build_lstm
-from scalelab.models.registry import non_embedding_params, total_params
 from tests.models.conftest import nominal
 
 VOCAB = 64

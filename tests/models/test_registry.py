@@ -4,18 +4,12 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from scalelab.errors import ConfigError
 from scalelab.models import lstm, transformer
+from scalelab.models.accounting import flops_per_token, logits, non_embedding_params, total_params
 from scalelab.models.lstm import LSTMConfig
 from scalelab.models.ngram import NgramConfig
-from scalelab.models.registry import (
-    CONFIGS,
-    build,
-    flops_per_token,
-    logits,
-    non_embedding_params,
-    presets,
-    total_params,
-)
+from scalelab.models.registry import FAMILIES, family, presets
 from scalelab.models.transformer import TransformerConfig
 
 VOCAB = 64
@@ -29,6 +23,14 @@ SMALL_LSTM = LSTMConfig(size="custom", n_layers=1, d_hidden=32, d_embed=16)
 SMALL_LSTM_N = 6_912
 
 
+def build(config, vocab_size):
+    return family(config.FAMILY).build(config, vocab_size)
+
+
+def planned_flops(config, context_length):
+    return family(config.FAMILY).flops_per_token(config.model_copy(update={"context_length": context_length}))
+
+
 def test_presets_list_each_family_by_its_shape_fields():
     assert presets("ngram") == {str(k): {"order": k} for k in range(2, 7)}
     assert presets("lstm")["1M"] == {"n_layers": 2, "d_hidden": 256, "d_embed": 256}
@@ -36,20 +38,27 @@ def test_presets_list_each_family_by_its_shape_fields():
     assert list(presets("lstm")) == list(lstm.PRESETS) and list(presets("transformer")) == list(transformer.PRESETS)
 
 
-@pytest.mark.parametrize("family", ["ngram", "lstm", "transformer"])
-def test_preset_fields_are_valid_config_fields(family):
-    for name, fields in presets(family).items():
-        if family == "ngram":
-            assert CONFIGS[family](**fields).order == int(name)
+@pytest.mark.parametrize("name", ["ngram", "lstm", "transformer"])
+def test_preset_fields_are_valid_config_fields(name):
+    config = family(name).config
+    for label, fields in presets(name).items():
+        if name == "ngram":
+            assert config(**fields).order == int(label)
         else:
-            assert CONFIGS[family](size="custom", **fields).shape == CONFIGS[family](size=name).shape
+            assert config(size="custom", **fields).shape == config(size=label).shape
 
 
 def test_each_family_maps_to_its_config_and_builder():
-    assert CONFIGS["ngram"] is NgramConfig
-    assert CONFIGS["lstm"] is LSTMConfig and CONFIGS["transformer"] is TransformerConfig
+    assert family("ngram").config is NgramConfig
+    assert family("lstm").config is LSTMConfig and family("transformer").config is TransformerConfig
     assert isinstance(build(SMALL_LSTM, VOCAB), lstm.LSTMLanguageModel)
     assert isinstance(build(SMALL_TRANSFORMER, VOCAB), LlamaForCausalLM)
+
+
+def test_every_registered_family_is_named_by_its_adapter():
+    assert all(family(name).name == name for name in FAMILIES)
+    with pytest.raises(ConfigError, match="unknown model family 'rnn'; families: ngram, lstm, transformer"):
+        family("rnn")
 
 
 def test_non_embedding_params_by_hand():
@@ -69,14 +78,14 @@ def test_an_untied_output_layer_is_not_counted_in_n():
 
 def test_flops_per_token_by_hand():
     # 6N + 6 * n_layers * n_ctx * d_model = 6 * 82240 + 6 * 2 * 16 * 64
-    assert flops_per_token(SMALL_TRANSFORMER, 16) == 493_440 + 12_288
+    assert planned_flops(SMALL_TRANSFORMER, 16) == 493_440 + 12_288
     assert flops_per_token(build(SMALL_TRANSFORMER, VOCAB), 16) == 493_440 + 12_288
-    assert flops_per_token(SMALL_LSTM, 16) == flops_per_token(build(SMALL_LSTM, VOCAB), 512) == 6 * SMALL_LSTM_N
+    assert planned_flops(SMALL_LSTM, 16) == flops_per_token(build(SMALL_LSTM, VOCAB), 512) == 6 * SMALL_LSTM_N
 
 
 def test_flops_of_the_largest_presets_need_no_memory():
-    assert flops_per_token(TransformerConfig(size="125M"), 1024) > 6 * 100e6
-    assert flops_per_token(LSTMConfig(size="125M"), 1024) > 6 * 100e6
+    assert planned_flops(TransformerConfig(size="125M"), 1024) > 6 * 100e6
+    assert planned_flops(LSTMConfig(size="125M"), 1024) > 6 * 100e6
 
 
 def test_logits_is_one_call_for_both_families():

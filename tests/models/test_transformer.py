@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from scalelab.config import validate
 from scalelab.errors import ConfigError
-from scalelab.models.registry import non_embedding_params, total_params
+from scalelab.models.accounting import non_embedding_params, total_params
 from scalelab.models.transformer import PRESETS, TransformerConfig, build_transformer
 from tests.models.conftest import nominal
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from scalelab.errors import OutputError
-from scalelab.report import _refit, write_report
+from scalelab.report import build_report, write_report
 from scalelab.report.html import SECTIONS
-from scalelab.study.results import PlannedRow, ResultsStore
+from scalelab.study.results import ResultsStore, RunRecord
 
 BYTES_PER_TOKEN = 3.5
 FRESH = [2_000 * 2**k for k in range(8)]
@@ -42,8 +42,8 @@ def planned(data_path):
     rng = np.random.default_rng(0)
     for family, size, variant, D, U, B in runs:
         N = SIZES.get(size, 1e6)
-        row = PlannedRow(id=f"{family}-{size}-{variant}-{D}-{U}", config={"data": data_path, "family": family},
-                         family=family, size=size, variant=variant, D=D, U=U, seed=0, estimated_seconds=1.0)
+        row = RunRecord(id=f"{family}-{size}-{variant}-{D}-{U}", config={"data": data_path, "family": family},
+                        family=family, size=size, variant=variant, D=D, U=U, seed=0, estimated_seconds=1.0)
         yield row, N, bits_per_byte(D, U, B, N) * math.exp(rng.normal(0, 0.002))
 
 
@@ -51,7 +51,7 @@ def make_study(root, data_path):
     study = root / "study"
     with ResultsStore(study / "results.sqlite") as store:
         rows = list(planned(data_path))
-        store.sync_plan([row for row, _, _ in rows] + [PlannedRow(
+        store.sync_plan([row for row, _, _ in rows] + [RunRecord(
             id="broken", config={"data": data_path}, family="transformer", size="1M", variant="raw", D=999, U=999,
             seed=0, estimated_seconds=1.0)])
         for row, N, bpb in rows:
@@ -144,17 +144,37 @@ def test_results_json_is_strict_json(report):
     json.loads(index.with_name("results.json").read_text(), parse_constant=refuse)
 
 
-def test_bands_come_from_the_fits_the_tables_state(report, prepared):
-    """The figures refit each law for its bootstrap draws; with the analysis' seed they are the same fits."""
-    from scalelab.laws.analysis import load_points
+def test_the_figures_draw_the_fits_the_tables_state_fitted_once(report, monkeypatch, tmp_path):
+    """The report fits each law once, with its bootstrap, and draws the bands from those fits; the only other
+    fits are the backtests' (no bootstrap)."""
+    import inspect
 
-    index, _, results = report
-    fits = _refit(load_points(index.parents[1]), results["analysis"])
-    for group in results["analysis"]["groups"]:
-        fit = fits[group["family"], group["variant"]]
-        assert fit.params == pytest.approx(group["fit"]["params"])
-        for name, bounds in group["fit"]["intervals"].items():
-            assert list(fit.intervals[name]) == pytest.approx(bounds)
+    from scalelab.laws import fit as fitting
+    from scalelab.report import plots
+
+    original, bootstraps = fitting._fit_law, []
+
+    def counting(*args, **kwargs):
+        bootstraps.append(inspect.signature(original).bind(*args, **kwargs).arguments["bootstrap"])
+        return original(*args, **kwargs)
+
+    drawn, scaling = [], plots.scaling
+
+    def capture(panels, *args, **kwargs):
+        drawn.extend(s for series in panels.values() for s in series if s.fit is not None)
+        return scaling(panels, *args, **kwargs)
+
+    monkeypatch.setattr(fitting, "_fit_law", counting)
+    monkeypatch.setattr(plots, "scaling", capture)
+    index, analysis = build_report(report[0].parents[1], tmp_path / "report", bootstrap=5)
+    backtests = sum(g.backtest is not None for g in analysis.groups)
+    assert bootstraps.count(5) == len(analysis.fits) == 4 and len(bootstraps) == 4 + backtests
+    assert {s.fit for s in drawn} == set(analysis.fits.values())  # the same objects (a Fit compares by identity)
+    stated = json.loads(index.with_name("results.json").read_text())["analysis"]["groups"]
+    for group in stated:
+        fit = analysis.fits[group["family"], group["variant"]]
+        assert fit.params == group["fit"]["params"]
+        assert {name: list(bounds) for name, bounds in fit.intervals.items()} == group["fit"]["intervals"]
 
 
 def test_figures_are_written_as_png(report):

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from scalelab.errors import ConfigError
-from scalelab.study.results import FRAME_COLUMNS, SCHEMA_VERSION, PlannedRow, ResultsStore, StoreError
+from scalelab.study.results import FRAME_COLUMNS, SCHEMA_VERSION, ResultsStore, RunRecord, StoreError
 
 HOST = socket.gethostname()
 NEURAL = {"eval": {"nll": 3.5, "perplexity": 33.1, "bits_per_byte": 1.2, "tokens": 2000, "bytes": 8000,
@@ -23,9 +23,9 @@ NGRAM = {"eval": {"nll": 4.0, "perplexity": 54.6, "bits_per_byte": 1.4, "tokens"
          "N": None, "params": 5_000, "tokens_seen": 20_000, "epochs": 1.0, "flops": 0.0, "wall_seconds": 0.5}
 
 
-def row(run_id: str, family: str = "transformer", D: int = 20_000, **config) -> PlannedRow:
-    return PlannedRow(id=run_id, config={"family": family, "tokens": D, **config}, family=family, size="tiny",
-                      variant="raw", D=D, U=D, seed=0, estimated_seconds=10.0)
+def row(run_id: str, family: str = "transformer", D: int = 20_000, **config) -> RunRecord:
+    return RunRecord(id=run_id, config={"family": family, "tokens": D, **config}, family=family, size="tiny",
+                     variant="raw", D=D, U=D, seed=0, estimated_seconds=10.0)
 
 
 @pytest.fixture
@@ -153,7 +153,7 @@ def test_retry_failed(store):
 CHILD = """
 import os, socket, sys
 from pathlib import Path
-from scalelab.study.results import PlannedRow, ResultsStore
+from scalelab.study.results import ResultsStore, RunRecord
 
 store = ResultsStore(Path(sys.argv[1]))
 pid, host = os.getpid(), socket.gethostname()
@@ -163,7 +163,8 @@ store.finish("early", {"eval": {"nll": 1.0}})
 print("ready", flush=True)
 for i in range(10**7):
     run_id = f"loop{i:07d}"
-    store.sync_plan([PlannedRow(run_id, {"i": i}, "ngram", "s", "raw", i + 1, i + 1, 0, None)])
+    store.sync_plan([RunRecord(id=run_id, config={"i": i}, family="ngram", size="s", variant="raw", D=i + 1,
+                               U=i + 1, seed=0)])
     store.claim(run_id, pid, host)
     store.finish(run_id, {"i": i})
     print(run_id, flush=True)

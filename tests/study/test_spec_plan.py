@@ -1,3 +1,4 @@
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -7,8 +8,10 @@ from scalelab.config import validate
 from scalelab.errors import ConfigError
 from scalelab.study.api import load_spec
 from scalelab.study.ladder import batch_size, learning_rate
-from scalelab.study.plan import plan
+from scalelab.study.plan import plan, run_dir
+from scalelab.study.results import ResultsStore
 from scalelab.study.spec import GeometricGrid, StudySpec
+from scalelab.train.run import train_view
 
 STUDIES = Path(__file__).parent.parent.parent / "studies"
 
@@ -63,24 +66,41 @@ def test_plan_expands_the_grid_with_ladder_hyperparameters(prepared, tmp_path):
     spec = validate(StudySpec, spec_dict(prepared, out=str(tmp_path), seeds=[0, 1], unique_tokens=[1000]))
     runs = plan(spec, prepared, probe=False)
     # (D=1000, D=4000, and D=4000 from U=1000) x (Transformer x 2 seeds + n-gram, which has no seed)
-    assert len(runs) == 9 and len({r.run_id for r in runs}) == 9
+    assert len(runs) == 9 and len({r.id for r in runs}) == 9
     neural = [r for r in runs if r.family == "transformer"]
     assert {(r.D, r.U) for r in neural} == {(1000, 1000), (4000, 4000), (4000, 1000)}
-    assert all(r.config.optim.lr == learning_rate("transformer", "0.1M") for r in neural)
-    assert all(r.flops > 0 and r.run_dir.parent == tmp_path / "t" / "runs" for r in neural)
+    assert all(r.train_config().optim.lr == learning_rate("transformer", "0.1M") for r in neural)
+    assert all(r.flops > 0 and run_dir(spec.directory, r.id).parent == tmp_path / "t" / "runs" for r in neural)
     assert not (tmp_path / "t").exists()  # planning trains and writes nothing
+
+
+def test_a_planned_record_round_trips_through_the_store(prepared, tmp_path):
+    spec = validate(StudySpec, spec_dict(prepared, out=str(tmp_path), unique_tokens=[1000]))
+    runs = plan(spec, prepared, probe=True)
+    assert {(r.status, r.attempts, r.metrics, r.runner_pid) for r in runs} == {("pending", 0, None, None)}
+    assert all(r.train_tokens > 0 and r.flops >= 0 and r.estimated_seconds > 0 for r in runs)
+    for run in runs:  # the config as JSON is the whole run: it validates back to a config of the same id
+        config = run.train_config()
+        assert config.run_id(train_view(prepared, config).fingerprint) == run.id
+    with ResultsStore(tmp_path / "results.sqlite") as store:
+        store.sync_plan(runs)
+        # The store keeps all but the plan's cost, which is the plan's alone.
+        stored = [replace(run, train_tokens=None, flops=None) for run in runs]
+        assert [store.get(run.id) for run in runs] == stored
+        assert store.records() == stored
+        assert store.get(runs[0].id).train_config() == runs[0].train_config()
 
 
 def test_run_ids_are_stable_and_sensitive(prepared):
     spec = validate(StudySpec, spec_dict(prepared))
-    ids = [r.run_id for r in plan(spec, prepared, probe=False)]
-    assert ids == [r.run_id for r in plan(spec, prepared, probe=False)]
+    ids = [r.id for r in plan(spec, prepared, probe=False)]
+    assert ids == [r.id for r in plan(spec, prepared, probe=False)]
     changed = validate(StudySpec, spec_dict(prepared, train={"optim": {"lr": 1e-4}}))
-    changed_ids = [r.run_id for r in plan(changed, prepared, probe=False)]
+    changed_ids = [r.id for r in plan(changed, prepared, probe=False)]
     # The learning rate matters to the neural runs only; the n-gram runs keep their ids.
     assert [a == b for a, b in zip(ids, changed_ids, strict=True)] == [True, True, False, False]
     threads = validate(StudySpec, spec_dict(prepared, train={"num_threads": 2, "device": "cpu"}))
-    assert [r.run_id for r in plan(threads, prepared, probe=False)] == ids
+    assert [r.id for r in plan(threads, prepared, probe=False)] == ids
 
 
 def test_ladder_rules():
@@ -91,7 +111,7 @@ def test_ladder_rules():
 def test_probe_estimates_time(prepared):
     spec = validate(StudySpec, spec_dict(prepared, data_sizes=[2000]))
     runs = plan(spec, prepared, probe=True)
-    assert all(r.seconds is not None and r.seconds > 0 for r in runs)
+    assert all(r.estimated_seconds is not None and r.estimated_seconds > 0 for r in runs)
 
 
 def test_demo_preset_dataset_matches_the_demo_command():

@@ -13,6 +13,9 @@ class View:
     def __len__(self):
         return self.n_tokens
 
+    def __getitem__(self, index):
+        return self.tokens[index]
+
 
 def test_every_token_is_a_target_once_per_epoch():
     batches = WindowBatches(View(1001), context_length=10, batch_size=7, seed=3)

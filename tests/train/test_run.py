@@ -89,9 +89,9 @@ def test_repeated_data_run(prepared, tmp_path):
 
 
 def test_nan_loss_stops_with_a_clear_error(prepared, tmp_path, monkeypatch):
-    import scalelab.models.registry as registry
+    import scalelab.models.accounting as accounting
 
-    real = registry.logits
+    real = accounting.logits
     calls = []
 
     def poisoned(model, ids):
@@ -159,9 +159,9 @@ def test_weights_that_become_non_finite_are_never_saved(prepared, tmp_path, monk
 
 
 def test_a_non_finite_evaluation_fails_the_run(prepared, tmp_path, monkeypatch):
-    import scalelab.train.run as run
+    import scalelab.train.neural as neural
 
-    monkeypatch.setattr(run, "neural_nll", lambda *args, **kwargs: float("nan"))
+    monkeypatch.setattr(neural, "neural_nll", lambda *args, **kwargs: float("nan"))
     with pytest.raises(TrainingDiverged, match="held-out loss became nan at step 2; last good checkpoint: none"):
         train_run(tiny(prepared, "transformer", steps=4, eval_every=2, checkpoint_every=2), tmp_path / "run",
                   show_progress=False)

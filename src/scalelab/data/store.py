@@ -100,6 +100,9 @@ class TokenSplit:
     def __len__(self) -> int:
         return self.n_tokens
 
+    def __getitem__(self, index: slice) -> np.ndarray:
+        return self.tokens[index]
+
     def subset(self, n_tokens: int) -> TokenSplit:
         if n_tokens <= 0:
             raise DataError(f"a subset needs a positive number of tokens (got {n_tokens})")

@@ -21,7 +21,8 @@ from tokenizers.decoders import DecodeStream
 
 from scalelab.data.tokenizer import Tokenizer
 from scalelab.deploy.model import DeployedModel
-from scalelab.deploy.sampling import InvalidRequest, Sampler, SamplingParams, not_unicode
+from scalelab.deploy.params import InvalidRequest, SamplingParams, not_unicode
+from scalelab.deploy.sampling import Sampler
 
 
 @dataclass(frozen=True)

@@ -8,24 +8,21 @@ Which ids a prompt becomes (a text follows the end-of-document token) is `Comple
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import torch
 
+from scalelab.choices import Quantize
+from scalelab.data.store import TokenStore
 from scalelab.data.tokenizer import Tokenizer
 from scalelab.errors import ConfigError
 from scalelab.io import read_json_object
-
-Quantize = Literal["int8"]
-# The n-gram model reads only its last order - 1 tokens, so it has no context limit of its own; this caps what a
-# request may ask for.
-NGRAM_CONTEXT = 8192
+from scalelab.models.registry import family, names
+from scalelab.train.rundir import RunDir
 
 
 class DeployedModel(ABC):
@@ -79,62 +76,13 @@ class NeuralModel(DeployedModel):
         return state, torch.log_softmax(logits[-1].float(), dim=-1)
 
 
-class TransformerModel(NeuralModel):
-    family = "transformer"
-
-    def __init__(self, name: str, tokenizer: Tokenizer, module: torch.nn.Module, context_length: int):
-        super().__init__(name, tokenizer, module, context_length)
-        # transformers 5.x renamed the KV-cache argument and output from `past_key_values` to `cache`.
-        self.cache_name = "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
-
-    def _forward(self, ids: torch.Tensor, state: Any, every_position: bool) -> tuple[torch.Tensor, Any]:
-        out = self.module(input_ids=ids, use_cache=True, logits_to_keep=0 if every_position else 1,
-                          **{self.cache_name: state})
-        return out.logits[0], getattr(out, self.cache_name)
-
-
-class LSTMModel(NeuralModel):
-    family = "lstm"
-
-    def _forward(self, ids: torch.Tensor, state: Any, every_position: bool) -> tuple[torch.Tensor, Any]:
-        logits, state = self.module.forward_from(ids, state, last_only=not every_position)
-        return logits[0], state
-
-
-class NgramModel(DeployedModel):
-    family = "ngram"
-    context_length = NGRAM_CONTEXT
-
-    def __init__(self, name: str, tokenizer: Tokenizer, lm):
-        super().__init__(name, tokenizer)
-        self.lm = lm
-
-    def _logprobs(self, context: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.log(self.lm.distribution(context)).astype(np.float32))
-
-    def prefill(self, ids: Sequence[int], every_position: bool = False) -> tuple[Any, torch.Tensor]:
-        context = np.asarray(ids, dtype=np.int64)
-        if every_position:
-            rows = torch.stack([self._logprobs(context[:i + 1]) for i in range(len(context))])
-        else:
-            rows = self._logprobs(context)
-        return self._keep(context), rows
-
-    def step(self, state: Any, token: int) -> tuple[Any, torch.Tensor]:
-        context = self._keep(np.append(state, token))
-        return context, self._logprobs(context)
-
-    def _keep(self, context: np.ndarray) -> np.ndarray:
-        return context[-(self.lm.order - 1):]
-
-
 def load_model(path: Path, *, quantize: Quantize | None = None, name: str | None = None) -> DeployedModel:
     """The model of an exported directory or of a finished run directory, ready to generate on the CPU."""
     path = Path(path)
     if not path.is_dir():
         raise ConfigError(f"{path} is not a directory; give an exported model (scalelab export) or a run")
     name = name or path.resolve().name
-    if (path / "config.yaml").is_file():
+    if RunDir(path).is_run():
         model = _from_run(path, name)
     elif (path / "config.json").is_file():
         model = _from_export(path, name)
@@ -164,39 +112,18 @@ def quantize_int8(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def _from_export(path: Path, name: str) -> DeployedModel:
-    config = read_json_object(path / "config.json", "model config")
+    document = read_json_object(path / "config.json", "model config")
     tokenizer = Tokenizer.load(path / "tokenizer.json")
-    family = config.get("family", "transformer" if "model_type" in config else None)
-    if family == "transformer":
-        from transformers import AutoModelForCausalLM
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # loading a local file takes no time worth a bar
-        module = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        return TransformerModel(name, tokenizer, module, module.config.max_position_embeddings)
-    if family == "lstm":
-        from scalelab.deploy.export import load_lstm
-
-        return LSTMModel(name, tokenizer, load_lstm(path), config["context_length"])
-    if family == "ngram":
-        from scalelab.models.ngram import KneserNeyLM
-
-        return NgramModel(name, tokenizer, KneserNeyLM.load(path))
+    for candidate in names():
+        adapter = family(candidate)
+        if adapter.reads_export(document):
+            return adapter.load_export(path, document, tokenizer, name)
     raise ConfigError(f"{path / 'config.json'} names no model family scalelab exports")
 
 
 def _from_run(path: Path, name: str) -> DeployedModel:
-    from scalelab.data.store import TokenStore
-    from scalelab.train import checkpoint
-    from scalelab.train.run import build_model, finished_run_config
-
-    config = finished_run_config(path)
+    run = RunDir(path)
+    config = run.finished_config()
     tokenizer = TokenStore.open(config.data).tokenizer
-    if config.family == "ngram":
-        from scalelab.models.ngram import KneserNeyLM
-
-        return NgramModel(name, tokenizer, KneserNeyLM.load(path / "model"))
-    module = build_model(config, tokenizer.vocab_size)
-    checkpoint.load_weights(checkpoint.final(path, config.regime == "converge"), module)
-    cls = TransformerModel if config.family == "transformer" else LSTMModel
-    return cls(name, tokenizer, module, config.model_config_for_family.context_length)
+    adapter = family(config.family)
+    return adapter.deployed(adapter.load_trained(run, config, tokenizer.vocab_size), config, tokenizer, name)

@@ -15,7 +15,7 @@ from pydantic import Field, StrictBool, StrictInt, StrictStr, model_validator
 from scalelab.config import StrictModel
 from scalelab.data.tokenizer import Tokenizer
 from scalelab.deploy.completion import Piece
-from scalelab.deploy.sampling import SamplingParams
+from scalelab.deploy.params import SamplingParams
 
 MAX_CHOICES = 64  # one request holds one turn on the model: bound what it may queue behind it
 Prompt = StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]

@@ -27,37 +27,18 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import Field, field_validator
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from scalelab.config import StrictModel
 from scalelab.deploy import protocol
 from scalelab.deploy.completion import Completion, Piece
 from scalelab.deploy.model import DeployedModel
-from scalelab.deploy.sampling import InvalidRequest, make_generator
+from scalelab.deploy.params import InvalidRequest, ServeConfig
+from scalelab.deploy.sampling import make_generator
 from scalelab.errors import ConfigError
 
 log = logging.getLogger("scalelab.serve")
-
-
-class ServeConfig(StrictModel):
-    host: str = Field("127.0.0.1", description="Address to bind; 127.0.0.1 keeps the server to this machine.")
-    port: int = Field(8000, ge=0, le=65535)
-    api_key: str | None = Field(None, description="When set, /v1/* requires 'Authorization: Bearer <key>'.")
-    max_running: int = Field(4, ge=1, description="Requests generating at once, taking turns a token at a time.")
-    max_waiting: int = Field(64, ge=0, description="Requests waiting for a turn; more are refused with 503.")
-    max_body_bytes: int = Field(1 << 20, ge=1, description="Largest request body read; a larger one is refused "
-                                                           "with 413 before any of it is parsed.")
-
-    @field_validator("api_key")
-    @classmethod
-    def _key_not_empty(cls, value: str | None) -> str | None:
-        if value == "":
-            raise ValueError("must not be empty: no request could match it; leave --api-key and SCALELAB_API_KEY "
-                             "unset to serve without a key")
-        return value
 
 
 class Overloaded(Exception):

@@ -7,16 +7,17 @@ data-constrained law; several model sizes and several data sizes -> the joint L(
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from scalelab.errors import ConfigError, DataError
 from scalelab.laws import planner
-from scalelab.laws.fit import LawFitError, backtest, fit_law
+from scalelab.laws.fit import Backtest, Fit, LawFitError, backtest, fit_law
+from scalelab.laws.units import Unit
 
-Unit = Literal["nats", "bits_per_byte"]
 LOSS_COLUMN = {"nats": "loss", "bits_per_byte": "bits_per_byte"}
 REQUIRED = ("D",)
 NUMERIC = ("D", "N", "U", "loss", "bits_per_byte")
@@ -114,9 +115,75 @@ def _inputs(group: Any, form: str) -> dict[str, np.ndarray]:
     return {c: group[c].to_numpy(dtype=float) for c in columns}
 
 
+AnyAnswer = planner.Answer | planner.ComputeOptimal  # EpochsWorth is an Answer
+
+
+@dataclass(frozen=True)
+class GroupAnalysis:
+    """One (family, variant) group: its law, backtest and planner answers, or why no law could be fitted."""
+
+    family: str
+    variant: str
+    form: str  # the law chosen for the group's design (choose_form)
+    points: int
+    fit: Fit | None = None  # None when the law could not be fitted, and `error` says why
+    error: str | None = None
+    backtest: Backtest | None = None  # None with fewer than 4 distinct D, or when the backtest's fit failed
+    answers: dict[str, AnyAnswer] = field(default_factory=dict)  # by question, in the order they were asked
+    answers_error: str | None = None  # why a question could not be answered (the later ones were not asked)
+
+    def to_dict(self) -> dict[str, Any]:
+        known = {"family": self.family, "variant": self.variant, "form": self.form, "points": self.points}
+        if self.fit is None:
+            return {**known, "error": self.error}
+        answers: dict[str, Any] = {name: answer.to_dict() for name, answer in self.answers.items()}
+        if self.answers_error is not None:
+            answers["error"] = self.answers_error
+        return {**known, "fit": self.fit.to_dict(),
+                "observed": {"D": self.fit.X["D"].tolist(), "loss": self.fit.loss.tolist()},
+                "backtest": None if self.backtest is None else self.backtest.to_dict(), "answers": answers}
+
+
+@dataclass(frozen=True)
+class Multiplier:
+    """How many `base` tokens one `other` token is worth at D, within one family."""
+
+    family: str
+    base: str
+    other: str
+    D: float
+    answer: planner.Answer
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"family": self.family, "base": self.base, "other": self.other, "D": self.D, **self.answer.to_dict()}
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What `analyse` found: every group's law and answers, the variants compared, and the findings in words."""
+
+    unit: Unit
+    level: float  # the intervals' coverage
+    epsilon: float  # saturation: a doubling gains less than this share of the loss
+    target: float | None  # the loss planned for; None: 5% below each group's best observed loss
+    groups: list[GroupAnalysis]
+    multipliers: list[Multiplier]
+    sentences: list[str]
+
+    @property
+    def fits(self) -> dict[tuple[str, str], Fit]:
+        """The fitted laws by (family, variant)."""
+        return {(g.family, g.variant): g.fit for g in self.groups if g.fit is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"unit": self.unit, "level": self.level, "epsilon": self.epsilon, "target": self.target,
+                "groups": [g.to_dict() for g in self.groups], "multipliers": [m.to_dict() for m in self.multipliers],
+                "sentences": list(self.sentences)}
+
+
 def analyse(frame: Any, *, unit: Unit = "bits_per_byte", bootstrap: int = 200, seed: int = 0,
-            target: float | None = None, epsilon: float = 0.01, level: float = 0.9) -> dict[str, Any]:
-    """Fit every (family, variant) group; answer the planning questions; JSON-ready."""
+            target: float | None = None, epsilon: float = 0.01, level: float = 0.9) -> Analysis:
+    """Fit every (family, variant) group and answer the planning questions; `to_dict()` of the result is JSON."""
     check_options(bootstrap=bootstrap, target=target, epsilon=epsilon, level=level)
     column = LOSS_COLUMN[unit]
     if column not in frame.columns:
@@ -125,59 +192,72 @@ def analyse(frame: Any, *, unit: Unit = "bits_per_byte", bootstrap: int = 200, s
                           f"{', '.join(map(str, frame.columns))}"
                           + "".join(f"; for {LOSS_COLUMN[u]!r} pass --unit {u}" for u in others))
     _check_points(frame, column)
-    groups, fits = [], {}
+    groups = []
     for (family, variant), group in frame.groupby(["family", "variant"], sort=True):
         form = choose_form(group)
-        label = f"the {family} ({variant})"
-        entry: dict[str, Any] = {"family": family, "variant": variant, "form": form, "points": int(len(group))}
+        known = {"family": family, "variant": variant, "form": form, "points": int(len(group))}
         try:
             X, loss = _inputs(group, form), group[column].to_numpy(dtype=float)
             fit = fit_law(form, X, loss, unit=unit, bootstrap=bootstrap, seed=seed, level=level)
         except LawFitError as exc:
-            entry["error"] = str(exc)
-            groups.append(entry)
+            groups.append(GroupAnalysis(**known, error=str(exc)))
             continue
-        fits[family, variant] = fit
-        entry["fit"] = fit.to_dict()
-        entry["observed"] = {"D": X["D"].tolist(), "loss": loss.tolist()}
-        entry["backtest"] = _backtest(form, X, loss, unit, seed)
-        entry["answers"] = _answers(fit, form, group, target, epsilon, label)
-        groups.append(entry)
+        answers, answers_error = _answers(fit, form, group, target, epsilon, f"the {family} ({variant})")
+        groups.append(GroupAnalysis(**known, fit=fit, backtest=_backtest(form, X, loss, unit, seed),
+                                    answers=answers, answers_error=answers_error))
+    fits = {(g.family, g.variant): g.fit for g in groups if g.fit is not None}
     if not fits:
-        reasons = "; ".join(f"{g['family']} ({g['variant']}): {g['error']}" for g in groups) or "no points"
+        reasons = "; ".join(f"{g.family} ({g.variant}): {g.error}" for g in groups) or "no points"
         raise DataError(f"no law could be fitted — {reasons}")
-    return {"unit": unit, "level": level, "groups": groups,
-            "multipliers": _multipliers(fits, frame), "sentences": _sentences(groups, fits, frame)}
+    multipliers = _multipliers(fits, frame)
+    return Analysis(unit=unit, level=level, epsilon=epsilon, target=target, groups=groups, multipliers=multipliers,
+                    sentences=_sentences(groups, multipliers, epsilon))
 
 
-def _backtest(form: str, X, loss, unit: Unit, seed: int) -> dict[str, Any] | None:
+def _backtest(form: str, X, loss, unit: Unit, seed: int) -> Backtest | None:
     if len(np.unique(X["D"])) < 4:
         return None
     try:
-        return backtest(form, X, loss, by="D", holdout=0.25, unit=unit, bootstrap=0, seed=seed).to_dict()
+        return backtest(form, X, loss, by="D", holdout=0.25, unit=unit, bootstrap=0, seed=seed)
     except LawFitError:
         return None
 
 
-def _answers(fit, form: str, group: Any, target: float | None, epsilon: float, label: str) -> dict[str, Any]:
-    answers: dict[str, Any] = {}
+def _answers(fit: Fit, form: str, group: Any, target: float | None, epsilon: float,
+             label: str) -> tuple[dict[str, AnyAnswer], str | None]:
+    """The planner's answers for one group, and why the rest are missing when a question could not be answered."""
+    answers: dict[str, AnyAnswer] = {}
     n = float(group["N"].max()) if form in ("chinchilla", "data_constrained") else None
     largest = float(group["D"].max())
     goal = target if target is not None else float(group[LOSS_COLUMN[fit.unit]].min()) * 0.95
     try:
-        answers["data_for_loss"] = planner.data_for_loss(fit, goal, N=n, label=label).to_dict()
-        answers["doubling_gain"] = planner.doubling_gain(fit, largest, N=n, label=label).to_dict()
-        answers["saturation"] = planner.saturation(fit, epsilon, N=n, label=label).to_dict()
+        answers["data_for_loss"] = planner.data_for_loss(fit, goal, N=n, label=label)
+        answers["doubling_gain"] = planner.doubling_gain(fit, largest, N=n, label=label)
+        answers["saturation"] = _as_stated(planner.saturation(fit, epsilon, N=n, label=label), fit, largest,
+                                           epsilon, label)
         if form == "chinchilla":
-            answers["compute_optimal"] = planner.compute_optimal(fit, 6 * n * largest * 10, label=label).to_dict()
+            answers["compute_optimal"] = planner.compute_optimal(fit, 6 * n * largest * 10, label=label)
         if form.startswith("data_constrained"):
-            answers["epochs_worth"] = planner.epochs_worth(fit, float(group["U"].min()), N=n, label=label).to_dict()
+            answers["epochs_worth"] = planner.epochs_worth(fit, float(group["U"].min()), N=n, epsilon=epsilon,
+                                                          label=label)
     except planner.PlannerError as exc:
-        answers["error"] = str(exc)
-    return answers
+        return answers, str(exc)
+    return answers, None
 
 
-def _multipliers(fits: dict, frame: Any) -> list[dict[str, Any]]:
+def _as_stated(saturation: planner.Answer, fit: Fit, largest: float, epsilon: float, label: str) -> planner.Answer:
+    """The saturation answer as the analysis states it: a point beyond FAR x the largest D measured is no number
+    to plan with, so its sentence says so instead; the value and interval stay for those who want them."""
+    horizon = FAR * largest
+    if not saturation.value > horizon:
+        return saturation
+    return replace(saturation, template=(
+        f"{label} shows no sign of saturating in the data measured: its fitted floor is near "
+        f"{fit.params['E']:.3g}, so a doubling keeps gaining over {planner.format_percent(epsilon)} far beyond "
+        f"{planner.format_tokens(horizon)} tokens"))
+
+
+def _multipliers(fits: dict[tuple[str, str], Fit], frame: Any) -> list[Multiplier]:
     """Effective-data multiplier of each variant against the family's first variant (raw when present)."""
     out = []
     for family in sorted({f for f, _ in fits}):
@@ -189,33 +269,23 @@ def _multipliers(fits: dict, frame: Any) -> list[dict[str, Any]]:
             d = float(frame[(frame["family"] == family) & (frame["variant"] == other)]["D"].max())
             answer = planner.effective_data_multiplier(fits[family, base], fits[family, other], d,
                                                        base_label=base, other_label=other)
-            out.append({"family": family, "base": base, "other": other, "D": d, **answer.to_dict()})
+            out.append(Multiplier(family=family, base=base, other=other, D=d, answer=answer))
     return out
 
 
-def _sentences(groups: list[dict[str, Any]], fits: dict, frame: Any) -> list[str]:
+def _sentences(groups: list[GroupAnalysis], multipliers: list[Multiplier], epsilon: float) -> list[str]:
     sentences = []
-    for entry in groups:
-        if "error" in entry:
-            sentences.append(f"the {entry['family']} ({entry['variant']}): no fit — {entry['error']}")
+    for group in groups:
+        if group.fit is None:
+            sentences.append(f"the {group.family} ({group.variant}): no fit — {group.error}")
             continue
-        for name, answer in entry["answers"].items():
-            if not isinstance(answer, dict) or "sentence" not in answer:
-                continue
-            horizon = FAR * max(entry["observed"]["D"])
-            if name == "saturation" and answer["value"] > horizon:
-                answer["sentence"] = (
-                    f"the {entry['family']} ({entry['variant']}) shows no sign of saturating in the data measured: "
-                    f"its fitted floor is near {entry['fit']['params']['E']:.3g}, so a doubling keeps gaining over "
-                    f"1% far beyond {planner.format_tokens(horizon)} tokens")
-            sentences.append(answer["sentence"])
-    for item in _multipliers(fits, frame):
-        sentences.append(item["sentence"])
-    floors = {(e["family"], e["variant"]): e["answers"].get("saturation", {}).get("value")
-              for e in groups if "answers" in e}
-    finite = {k: v for k, v in floors.items() if v is not None and np.isfinite(v)}
+        sentences += [answer.sentence() for answer in group.answers.values()]
+    sentences += [item.answer.sentence() for item in multipliers]
+    floors = {(g.family, g.variant): g.answers["saturation"].value for g in groups if "saturation" in g.answers}
+    finite = {k: v for k, v in floors.items() if np.isfinite(v)}
     if len(finite) > 1:
         first = min(finite, key=finite.get)
         sentences.append(f"the {first[0]} ({first[1]}) saturates first: beyond about "
-                         f"{planner.format_tokens(finite[first])} tokens a doubling gains under 1%")
+                         f"{planner.format_tokens(finite[first])} tokens a doubling gains under "
+                         f"{planner.format_percent(epsilon)}")
     return sentences

@@ -24,19 +24,18 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize
 from threadpoolctl import threadpool_limits
 
 from scalelab.laws.forms import EXPONENTS, FORMS, LawFitError, LawForm
+from scalelab.laws.units import UNITS, Unit
 
 __all__ = ["Backtest", "Fit", "IsoFlopFit", "IsoFlopSlice", "LawFitError", "Unit", "backtest", "fit_law",
            "isoflop_fit"]
 
-Unit = Literal["nats", "bits_per_byte"]
-UNITS = ("nats", "bits_per_byte")
 GRIDS = ("default", "full")
 SCREENED_STARTS = 8  # "default" grid: L-BFGS-B from this many of the best grid points
 BOOTSTRAP_NEARBY = 2  # bootstrap: starts near the full-data optimum, besides the optimum itself

@@ -72,6 +72,11 @@ def format_bytes(n: float) -> str:
                        (1, " B")))
 
 
+def format_percent(fraction: float) -> str:
+    """A share as a percentage, two significant figures: 0.01 reads 1%, 0.052 reads 5.2%."""
+    return f"{_plain(100 * fraction)}%"
+
+
 def format_flops(n: float) -> str:
     """Floating-point operations, as people write them: 5.8e23 FLOPs."""
     mantissa, exponent = f"{n:.1e}".split("e")
@@ -84,7 +89,7 @@ def format_flops(n: float) -> str:
 Kind = Literal["count", "percent", "multiple", "number", "loss"]
 FORMAT: dict[str, Callable[[float], str]] = {
     "count": format_tokens,
-    "percent": lambda x: f"{_plain(100 * x)}%",
+    "percent": format_percent,
     "multiple": lambda x: f"{_plain(x)}x",
     "number": _plain,
     "loss": lambda x: _plain(x, 3),
@@ -356,7 +361,7 @@ def saturation(fit: Fit, epsilon: float = 0.01, *, N: float | None = None, relat
     # Excess parameters only add to a doubling's gain, so the absolute threshold lies at or above the power law's;
     # they also add to the loss, so the relative one may lie on either side.
     tokens = curve.refine(closed, crossing, np.ones_like(closed) if relative else closed)
-    step = _plain(epsilon) if not relative else f"{_plain(100 * epsilon)}%"
+    step = format_percent(epsilon) if relative else _plain(epsilon)
     step += "" if relative else f" {UNIT_TEXT[fit.unit]}"
     if tokens[0] == 0:
         template = f"for {label}{_at(N)}, no doubling of the data lowers the loss by {step} or more, at any size"
@@ -421,7 +426,7 @@ def epochs_worth(fit: Fit, U: float, *, N: float | None = None, epsilon: float =
     high = 2 + R_D * np.log(np.maximum(beta * B * U ** -beta / (epsilon * limit), 1.0))
     epochs = _bisect_log(crossing, np.ones_like(high), high)
     worth = _repeated(epochs, R_D)
-    step, unique, e = f"{_plain(100 * epsilon)}%", format_tokens(U), epochs[0]
+    step, unique, e = format_percent(epsilon), format_tokens(U), epochs[0]
     fresh_equivalent = _answer(worth, fit.level, "multiple",
                                f"{_plain(e)} epochs over {unique} unique tokens are worth ~{{value}} fresh tokens"
                                f"{{interval}}")

@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import nn
 
-from scalelab.config import StrictModel
+from scalelab.models.size import SizedConfig
 
 # (h, c), each (n_layers, B, d_hidden), as nn.LSTM takes and returns it.
 LSTMState = tuple[torch.Tensor, torch.Tensor]
@@ -39,14 +39,15 @@ PRESETS: dict[str, LSTMShape] = {
         "125M": (4, 2048),
     }.items()
 }
-SHAPE_FIELDS = LSTMShape._fields
 
 
-class LSTMConfig(StrictModel):
+class LSTMConfig(SizedConfig):
     """An LSTM's size, named by a preset or given field by field, and its regularisation."""
 
-    size: str = Field("1M", description=f"Preset named by its approximate non-embedding parameter count "
-                                        f"({', '.join(PRESETS)}), or 'custom' to set the shape fields.")
+    FAMILY = "lstm"
+    PRESETS = PRESETS
+    REQUIRED = ("n_layers", "d_hidden")
+
     n_layers: int | None = Field(None, gt=0, description="custom: stacked LSTM layers.")
     d_hidden: int | None = Field(None, gt=0, description="custom: hidden state width.")
     d_embed: int | None = Field(None, gt=0, description="custom: embedding width (default: d_hidden); a different "
@@ -56,24 +57,8 @@ class LSTMConfig(StrictModel):
     context_length: int = Field(256, gt=0, description="Training window (truncated BPTT length); the state is not "
                                                        "carried across windows.")
 
-    @model_validator(mode="after")
-    def _resolvable(self) -> LSTMConfig:
-        given = [name for name in SHAPE_FIELDS if getattr(self, name) is not None]
-        if self.size == "custom":
-            missing = [name for name in ("n_layers", "d_hidden") if getattr(self, name) is None]
-            if missing:
-                raise ValueError(f"size 'custom' needs {' and '.join(missing)}")
-        elif self.size not in PRESETS:
-            raise ValueError(f"unknown lstm size {self.size!r}; presets: {', '.join(PRESETS)}, or 'custom'")
-        elif given:
-            raise ValueError(f"{', '.join(given)} apply only with size 'custom'; preset {self.size!r} fixes the shape")
-        return self
-
-    @property
-    def shape(self) -> LSTMShape:
-        if self.size == "custom":
-            return LSTMShape(self.n_layers, self.d_hidden, self.d_embed or self.d_hidden)
-        return PRESETS[self.size]
+    def custom_shape(self) -> LSTMShape:
+        return LSTMShape(self.n_layers, self.d_hidden, self.d_embed or self.d_hidden)
 
 
 class LSTMLanguageModel(nn.Module):

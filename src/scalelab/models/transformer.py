@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from scalelab.config import StrictModel
 from scalelab.errors import ConfigError
+from scalelab.models.size import SizedConfig
 
 if TYPE_CHECKING:
     from transformers import LlamaForCausalLM
@@ -57,14 +57,15 @@ PRESETS: dict[str, TransformerShape] = {
         "125M": (896, 13),
     }.items()
 }
-SHAPE_FIELDS = TransformerShape._fields
 
 
-class TransformerConfig(StrictModel):
+class TransformerConfig(SizedConfig):
     """A decoder's size, named by a preset or given field by field, and the few settings that are not size."""
 
-    size: str = Field("1M", description=f"Preset named by its approximate non-embedding parameter count "
-                                        f"({', '.join(PRESETS)}), or 'custom' to set the shape fields.")
+    FAMILY = "transformer"
+    PRESETS = PRESETS
+    REQUIRED = ("d_model", "n_layers")
+
     d_model: int | None = Field(None, gt=0, description="custom: width.")
     n_layers: int | None = Field(None, gt=0, description="custom: depth.")
     n_heads: int | None = Field(None, gt=0, description="custom: attention heads (default: d_model // 64, at least 1).")
@@ -75,27 +76,12 @@ class TransformerConfig(StrictModel):
                                                             "dropout.")
     rope_theta: float = Field(10000.0, gt=0.0, description="RoPE base period.")
 
-    @model_validator(mode="after")
-    def _resolvable(self) -> TransformerConfig:
-        given = [name for name in SHAPE_FIELDS if getattr(self, name) is not None]
-        if self.size == "custom":
-            missing = [name for name in ("d_model", "n_layers") if getattr(self, name) is None]
-            if missing:
-                raise ValueError(f"size 'custom' needs {' and '.join(missing)}")
-            shape = self.shape
-            if shape.d_model % shape.n_heads:
-                raise ValueError(f"d_model ({shape.d_model}) must be a multiple of n_heads ({shape.n_heads})")
-        elif self.size not in PRESETS:
-            raise ValueError(f"unknown transformer size {self.size!r}; presets: {', '.join(PRESETS)}, or 'custom'")
-        elif given:
-            raise ValueError(f"{', '.join(given)} apply only with size 'custom'; preset {self.size!r} fixes the shape")
-        return self
+    def custom_shape(self) -> TransformerShape:
+        return transformer_shape(self.d_model, self.n_layers, self.n_heads, self.d_ff)
 
-    @property
-    def shape(self) -> TransformerShape:
-        if self.size == "custom":
-            return transformer_shape(self.d_model, self.n_layers, self.n_heads, self.d_ff)
-        return PRESETS[self.size]
+    def check_shape(self, shape: TransformerShape) -> None:
+        if shape.d_model % shape.n_heads:
+            raise ValueError(f"d_model ({shape.d_model}) must be a multiple of n_heads ({shape.n_heads})")
 
 
 def build_transformer(config: TransformerConfig, vocab_size: int) -> LlamaForCausalLM:

@@ -12,8 +12,8 @@ from scalelab import config as cfg
 from scalelab.data.store import TokenStore
 from scalelab.errors import ConfigError
 from scalelab.io import write_text_atomic
-from scalelab.study.plan import PlannedRun, plan
-from scalelab.study.results import STATUSES, PlannedRow, ResultsStore, runner_gone
+from scalelab.study.plan import plan
+from scalelab.study.results import STATUSES, ResultsStore, RunRecord, runner_gone
 from scalelab.study.runner import make_backend, run_all, threads_per_run
 from scalelab.study.spec import StudySpec
 
@@ -34,13 +34,8 @@ def open_dataset(spec: StudySpec, show_progress: bool = True) -> TokenStore:
     return TokenStore.open(spec.dataset.path)
 
 
-def plan_study(spec: StudySpec, *, probe: bool = True, show_progress: bool = True) -> list[PlannedRun]:
+def plan_study(spec: StudySpec, *, probe: bool = True, show_progress: bool = True) -> list[RunRecord]:
     return plan(spec, open_dataset(spec, show_progress), probe=probe)
-
-
-def _rows(runs: list[PlannedRun]) -> list[PlannedRow]:
-    return [PlannedRow(id=r.run_id, config=r.config.model_dump(mode="json"), family=r.family, size=r.size,
-                       variant=r.variant, D=r.D, U=r.U, seed=r.seed, estimated_seconds=r.seconds) for r in runs]
 
 
 def run_study(spec: StudySpec, *, workers: int | None = None, backend: str | None = None,
@@ -51,13 +46,14 @@ def run_study(spec: StudySpec, *, workers: int | None = None, backend: str | Non
     directory.mkdir(parents=True, exist_ok=True)
     write_text_atomic(directory / SPEC, yaml.safe_dump(spec.model_dump(mode="json", by_alias=True), sort_keys=False))
     with ResultsStore(directory / RESULTS) as store:
-        store.sync_plan(_rows(runs))
+        store.sync_plan(runs)
         store.recover()
         if retry_failed:
             store.retry_failed()
-        todo = [r for r in runs if store.get(r.run_id).status == "pending"]
+        todo = [r for r in runs if store.get(r.id).status == "pending"]
         with _progress(len(todo), show_progress) as report:
-            run_all(runs, store, make_backend(spec, workers, backend), threads_per_run(spec, workers), report)
+            run_all(runs, store, directory, make_backend(spec, workers, backend), threads_per_run(spec, workers),
+                    report)
         return store.counts()
 
 
@@ -69,7 +65,7 @@ def _progress(total: int, enabled: bool):
     @contextmanager
     def bar():
         with progress("study runs", total=total, unit="runs", enabled=enabled) as advance:
-            def report(run: PlannedRun, outcome) -> None:
+            def report(run: RunRecord, outcome) -> None:
                 advance(1)
                 if not enabled:
                     return

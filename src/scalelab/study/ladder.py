@@ -2,7 +2,8 @@
 
 Every value here is a default: the study's `train:` and a family's `train:` override it. The rules aim at
 sound small-scale runs on any D: enough optimizer steps even for a tiny subset, larger batches when there is
-data for them, and a learning rate that shrinks as the model widens.
+data for them, and a learning rate that shrinks as the model widens. Each family applies them in its adapter
+(`ModelFamily.hyperparameters`).
 """
 
 from __future__ import annotations
@@ -10,30 +11,20 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from scalelab.models.registry import Family, presets
+from scalelab.models.registry import family
 
 CONTEXT_LENGTH = 256
 MIN_STEPS_PER_EPOCH = 40
 BATCH_RANGE = (4, 32)
-BASE_LR = {"transformer": 3e-3, "lstm": 3e-3}
+BASE_LR = 3e-3
 BASE_WIDTH = 128
 LR_RANGE = (3e-4, 6e-3)
+SCHEDULE: dict[str, Any] = {"kind": "cosine", "warmup_fraction": 0.05, "min_lr_ratio": 0.1}
 
 
-def model_fields(family: Family, size: str, context_length: int) -> dict[str, Any]:
-    if family == "ngram":
-        return {"ngram": {"order": int(size)}}
-    return {family: {"size": size, "context_length": context_length}}
-
-
-def width(family: Family, size: str) -> int:
-    shape = presets(family)[size]
-    return shape["d_model"] if family == "transformer" else shape["d_hidden"]
-
-
-def learning_rate(family: Family, size: str) -> float:
+def learning_rate(name: str, size: str) -> float:
     """Peak LR ~ 1/sqrt(width), anchored at width 128 (wider models want smaller steps; muP-like in spirit)."""
-    lr = BASE_LR[family] * math.sqrt(BASE_WIDTH / width(family, size))
+    lr = BASE_LR * math.sqrt(BASE_WIDTH / family(name).width(size))
     return min(max(lr, LR_RANGE[0]), LR_RANGE[1])
 
 
@@ -43,13 +34,6 @@ def batch_size(tokens: int, context_length: int) -> int:
     return min(max(windows // MIN_STEPS_PER_EPOCH, BATCH_RANGE[0]), BATCH_RANGE[1])
 
 
-def hyperparameters(family: Family, size: str, tokens: int, context_length: int = CONTEXT_LENGTH) -> dict[str, Any]:
-    """TrainConfig fields for one run of `family` at `size` on `tokens` training tokens."""
-    fields = model_fields(family, size, context_length)
-    if family == "ngram":
-        return fields
-    context = min(context_length, tokens - 1)
-    fields[family]["context_length"] = context
-    return {**fields, "batch_size": batch_size(tokens, context),
-            "optim": {"lr": learning_rate(family, size)},
-            "schedule": {"kind": "cosine", "warmup_fraction": 0.05, "min_lr_ratio": 0.1}}
+def hyperparameters(name: str, size: str, tokens: int, context_length: int = CONTEXT_LENGTH) -> dict[str, Any]:
+    """TrainConfig fields for one run of family `name` at `size` on `tokens` training tokens."""
+    return family(name).hyperparameters(size, tokens, context_length)

@@ -29,11 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
+from scalelab.choices import ExportFormat
 from scalelab.errors import ConfigError, ScalelabError
 from scalelab.io import check_writable_file, process_alive, write_bytes_atomic
 
 if TYPE_CHECKING:
     import pandas
+
+    from scalelab.train.config import TrainConfig
 
 Status = Literal["pending", "running", "done", "failed"]
 STATUSES: tuple[Status, ...] = get_args(Status)
@@ -80,40 +83,39 @@ class StoreError(ScalelabError):
     """The store file is unreadable, or a run was asked for a transition its state forbids (a runner bug)."""
 
 
-@dataclass(frozen=True)
-class PlannedRow:
-    """What the plan knows of a run before it starts."""
-
-    id: str
-    config: dict[str, Any]  # the resolved TrainConfig as JSON
-    family: str
-    size: str
-    variant: str
-    D: int
-    U: int
-    seed: int
-    estimated_seconds: float | None
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunRecord:
+    """One run of a study: as planned (pending, with the plan's estimate and cost) and as a row of the store.
+
+    The fields up to `estimated_seconds` are the store's columns. `train_tokens` and `flops` are the plan's cost
+    of the run; the store does not keep them, so a record read back from it has them None.
+    """
+
     id: str
-    status: Status
-    config: dict[str, Any]  # the resolved TrainConfig as JSON
+    status: Status = "pending"
+    config: dict[str, Any]  # the resolved TrainConfig as JSON; `train_config()` validates it back
     family: str
     size: str
     variant: str
     D: int
     U: int
     seed: int
-    metrics: dict[str, Any] | None  # the run's eval.json when done
-    error: str | None  # the last failure's text; cleared when the run finishes
-    attempts: int  # how many times the run was claimed
-    runner_pid: int | None  # who holds the run while running (and who last ran it once done or failed)
-    runner_host: str | None
-    started_at: float | None  # Unix time of the last claim
-    finished_at: float | None
-    estimated_seconds: float | None
+    metrics: dict[str, Any] | None = None  # the run's eval.json when done
+    error: str | None = None  # the last failure's text; cleared when the run finishes
+    attempts: int = 0  # how many times the run was claimed
+    runner_pid: int | None = None  # who holds the run while running (and who last ran it once done or failed)
+    runner_host: str | None = None
+    started_at: float | None = None  # Unix time of the last claim
+    finished_at: float | None = None
+    estimated_seconds: float | None = None  # the plan's estimate of the run's wall time (None when not probed)
+    train_tokens: int | None = None  # plan only: tokens the run trains on
+    flops: float | None = None  # plan only: its training FLOPs (0 for a model counted in one pass)
+
+    def train_config(self) -> TrainConfig:
+        from scalelab.config import validate
+        from scalelab.train.config import TrainConfig
+
+        return validate(TrainConfig, self.config, origin=f"config of study run {self.id}")
 
 
 class ResultsStore:
@@ -175,9 +177,9 @@ class ResultsStore:
         with self._lock:
             return self._db.execute(sql, tuple(params)).fetchall()
 
-    def sync_plan(self, runs: list[PlannedRow]) -> None:
-        """Add the planned runs the store lacks, as pending. Rows that exist are never touched: a run keeps its
-        state, and a changed config has a new id, hence a new row."""
+    def sync_plan(self, runs: list[RunRecord]) -> None:
+        """Add the planned runs the store lacks, as pending (whatever their records' status). Rows that exist are
+        never touched: a run keeps its state, and a changed config has a new id, hence a new row."""
         rows = [(r.id, json.dumps(r.config, ensure_ascii=False), r.family, r.size, r.variant, r.D, r.U, r.seed,
                  r.estimated_seconds) for r in runs]
         with self._transaction() as db:
@@ -265,7 +267,7 @@ class ResultsStore:
         rows = [_flat(record) for record in self.records(ids)]
         return pd.DataFrame(rows, columns=list(FRAME_COLUMNS)).astype(FRAME_COLUMNS)
 
-    def export(self, path: Path, fmt: Literal["csv", "parquet"], ids: Iterable[str] | None = None) -> None:
+    def export(self, path: Path, fmt: ExportFormat, ids: Iterable[str] | None = None) -> None:
         """Write `frame(ids)` to `path`; a reader of `path` sees the old file or the new one, never part of one."""
         if fmt not in ("csv", "parquet"):
             raise ConfigError(f"export format must be csv or parquet, not {fmt!r}")

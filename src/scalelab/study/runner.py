@@ -25,8 +25,8 @@ from typing import Any, Protocol
 
 from scalelab.errors import ScalelabError
 from scalelab.parallel import SINGLE_THREADED_TOKENIZERS, single_threaded_tokenizers
-from scalelab.study.plan import PlannedRun
-from scalelab.study.results import ResultsStore
+from scalelab.study.plan import run_dir
+from scalelab.study.results import ResultsStore, RunRecord
 from scalelab.study.spec import StudySpec
 from scalelab.train.config import TrainConfig
 
@@ -35,7 +35,7 @@ _PR_SET_PDEATHSIG = 1
 
 @dataclass(frozen=True)
 class RunTask:
-    run_id: str
+    id: str
     config: TrainConfig
     run_dir: Path
     threads: int
@@ -43,7 +43,7 @@ class RunTask:
 
 @dataclass(frozen=True)
 class RunOutcome:
-    run_id: str
+    id: str
     metrics: dict[str, Any] | None
     error: str | None
 
@@ -71,11 +71,11 @@ def execute(task: RunTask) -> RunOutcome:
         with run_lock(task.run_dir):
             metrics = train_run(task.config.model_copy(update={"num_threads": task.threads}), task.run_dir,
                                 show_progress=False)
-        return RunOutcome(task.run_id, metrics, None)
+        return RunOutcome(task.id, metrics, None)
     except ScalelabError as exc:
-        return RunOutcome(task.run_id, None, f"{type(exc).__name__}: {exc}")
+        return RunOutcome(task.id, None, f"{type(exc).__name__}: {exc}")
     except Exception:  # a bug in one run is recorded with its traceback; the study goes on
-        return RunOutcome(task.run_id, None, traceback.format_exc(limit=20))
+        return RunOutcome(task.id, None, traceback.format_exc(limit=20))
 
 
 def _die_with_parent() -> None:
@@ -173,21 +173,23 @@ class RayBackend:
         return None  # a cluster outlives the study; a local Ray stops with this process
 
 
-def run_all(runs: list[PlannedRun], store: ResultsStore, backend: Backend, threads: int,
-            on_outcome: Callable[[PlannedRun, RunOutcome], None] = lambda run, outcome: None) -> None:
-    """Claim and run every pending run, keeping the backend's capacity busy."""
+def run_all(runs: list[RunRecord], store: ResultsStore, study_dir: Path, backend: Backend, threads: int,
+            on_outcome: Callable[[RunRecord, RunOutcome], None] = lambda run, outcome: None) -> None:
+    """Claim and run every pending run of `runs` (planned records), each in its directory under `study_dir`,
+    keeping the backend's capacity busy."""
     pid, host = os.getpid(), socket.gethostname()
-    by_id = {run.run_id: run for run in runs}
+    by_id = {run.id: run for run in runs}
     # Longest first, so the last runs to finish are short ones and no worker idles long at the end.
-    todo = sorted((run for run in runs if store.get(run.run_id).status == "pending"),
-                  key=lambda run: -(run.seconds or run.train_tokens))
+    todo = sorted((run for run in runs if store.get(run.id).status == "pending"),
+                  key=lambda run: -(run.estimated_seconds or run.train_tokens or 0))
     in_flight: dict[Any, str] = {}
     try:
         while todo or in_flight:
             while todo and len(in_flight) < backend.capacity:
                 run = todo.pop(0)
-                if store.claim(run.run_id, pid, host):
-                    in_flight[backend.submit(RunTask(run.run_id, run.config, run.run_dir, threads))] = run.run_id
+                task = RunTask(run.id, run.train_config(), run_dir(study_dir, run.id), threads)
+                if store.claim(run.id, pid, host):
+                    in_flight[backend.submit(task)] = run.id
             for handle in backend.wait(set(in_flight)):
                 run_id = in_flight.pop(handle)
                 outcome = backend.outcome(handle, run_id)

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
+from scalelab.choices import Backend, EvalSplit, Regime
 from scalelab.config import StrictModel
 from scalelab.data.pipeline import PrepareConfig
-from scalelab.models.registry import Family, presets
-from scalelab.train.config import Regime
-
-Backend = Literal["local", "ray"]
+from scalelab.models import registry
 
 
 class DatasetSpec(StrictModel):
@@ -101,14 +99,16 @@ class StudySpec(StrictModel):
     out: Path = Field(Path("studies-out"), description="Where study directories live.")
     dataset: DatasetSpec
     variants: list[str] = Field(default_factory=lambda: ["raw"], min_length=1, description="Train variants.")
-    families: dict[Family, FamilySpec] = Field(min_length=1, description="Model families and their sizes.")
+    families: dict[registry.FamilyName, FamilySpec] = Field(min_length=1, description=f"Model families "
+                                                                      f"({', '.join(registry.FAMILIES)}) and their "
+                                                                      "sizes.")
     data_sizes: list[int] | GeometricGrid = Field(description="D values: a list, or {from, to, per_doubling}.")
     unique_tokens: list[int] | None = Field(None, description="Data-constrained runs: for each U here and each "
                                                               "D >= U, D tokens drawn by repeating the first U.")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     regime: Regime = "single-pass"
     eval_tokens: int | None = Field(50_000, gt=0, description="Held-out token budget per evaluation.")
-    eval_split: Literal["validation", "test"] = "validation"
+    eval_split: EvalSplit = "validation"
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields for every run.")
     resources: Resources = Field(default_factory=Resources)
 
@@ -120,7 +120,7 @@ class StudySpec(StrictModel):
     @model_validator(mode="after")
     def _known_sizes(self) -> StudySpec:
         for family, spec in self.families.items():
-            known = presets(family)
+            known = registry.presets(family)
             unknown = [s for s in spec.sizes if s not in known]
             if unknown:
                 raise ValueError(f"families.{family}.sizes: unknown {unknown}; presets: {', '.join(known)}")
@@ -130,7 +130,7 @@ class StudySpec(StrictModel):
     def directory(self) -> Path:
         return self.out / self.name
 
-    def grid(self, family: Family | None = None) -> list[int]:
+    def grid(self, family: str | None = None) -> list[int]:
         sizes = self.data_sizes
         if family is not None and self.families[family].data_sizes is not None:
             sizes = self.families[family].data_sizes

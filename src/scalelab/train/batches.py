@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from scalelab.errors import DataError
+from scalelab.train.duration import windows
 
 
 class TokenView(Protocol):
@@ -24,14 +25,9 @@ class TokenView(Protocol):
     def __getitem__(self, index: slice) -> np.ndarray: ...
 
 
-def _tokens(view) -> object:
-    # A TokenSplit exposes its memmap as `.tokens`; RepeatedTokens slices itself.
-    return getattr(view, "tokens", view)
-
-
 @dataclass
 class WindowBatches:
-    view: object
+    view: TokenView
     context_length: int
     batch_size: int
     seed: int
@@ -40,8 +36,7 @@ class WindowBatches:
         n = len(self.view)
         if n < 2:
             raise DataError(f"a training view needs at least 2 tokens (got {n})")
-        self.context_length = min(self.context_length, n - 1)
-        self.num_windows = (n - 1) // self.context_length
+        self.num_windows, self.context_length = windows(n, self.context_length)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -58,6 +53,5 @@ class WindowBatches:
         """Windows of one optimizer step, shape (B, T + 1); the last step of an epoch may be smaller."""
         order = self.order(epoch) if order is None else order
         starts = order[step * self.batch_size:(step + 1) * self.batch_size] * self.context_length
-        source = _tokens(self.view)
-        rows = [np.asarray(source[int(s):int(s) + self.context_length + 1], dtype=np.int64) for s in starts]
+        rows = [np.asarray(self.view[int(s):int(s) + self.context_length + 1], dtype=np.int64) for s in starts]
         return torch.from_numpy(np.stack(rows))

@@ -95,12 +95,11 @@ def resolve(directory: Path, pointer: str = LATEST) -> Path | None:
     return path if (path / "state.json").is_file() else None
 
 
-def final(run_dir: Path, converged: bool) -> Path:
+def final(directory: Path, converged: bool) -> Path:
     """The checkpoint a finished run stands for: its best when it converged, else its latest."""
-    directory = run_dir / "checkpoints"
     path = (resolve(directory, BEST) if converged else None) or resolve(directory)
     if path is None:
-        raise CheckpointError(f"{run_dir} has no complete checkpoint")
+        raise CheckpointError(f"{directory.parent} has no complete checkpoint")
     return path
 
 

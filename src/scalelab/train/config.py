@@ -1,22 +1,24 @@
-"""The resolved description of one training run. Its hash (with the data subset's fingerprint) is the run's id."""
+"""The resolved description of one training run. Its hash (with the data subset's fingerprint) is the run's id.
+
+The model is configured under its family's name (`family: lstm` with `lstm: {size: 3M}`), as YAML and `--set`
+spell it; in memory it is `config.model`, an instance of that family's config. Which names are families, and
+what each one's config is, the registry says (models/registry.py).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SerializeAsAny, ValidationError, model_serializer, model_validator
+from pydantic_core import InitErrorDetails
 
+from scalelab.choices import EvalSplit, Regime
 from scalelab.config import StrictModel
-from scalelab.models.lstm import LSTMConfig
-from scalelab.models.ngram import NgramConfig
-from scalelab.models.registry import Family
-from scalelab.models.transformer import TransformerConfig
+from scalelab.models import registry
 from scalelab.train.schedule import ScheduleConfig
-
-Regime = Literal["single-pass", "converge"]
 
 
 class OptimConfig(StrictModel):
@@ -39,10 +41,9 @@ class TrainConfig(StrictModel):
     tokens: int = Field(gt=1, description="D: train on the first D tokens of the variant (a nested subset).")
     unique_tokens: int | None = Field(None, gt=1, description="U: draw the D tokens by repeating the first U "
                                                               "(D/U epochs of unique data), for data-constrained runs.")
-    family: Family = "transformer"
-    ngram: NgramConfig = Field(default_factory=NgramConfig)
-    lstm: LSTMConfig = Field(default_factory=LSTMConfig)
-    transformer: TransformerConfig = Field(default_factory=TransformerConfig)
+    family: registry.FamilyName = Field(registry.DEFAULT, description=f"Model family: {', '.join(registry.FAMILIES)}.")
+    model: SerializeAsAny[StrictModel] = Field(description="The family's model config, spelt under the family's "
+                                                           "name.")
     regime: Regime = Field("single-pass", description="single-pass: see the D tokens once; converge: repeat "
                                                       "them, stopping early when held-out loss stops improving.")
     epochs: float | None = Field(None, gt=0, description="Duration in passes over the D tokens "
@@ -58,7 +59,7 @@ class TrainConfig(StrictModel):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     eval_every: int | None = Field(None, gt=0, description="Steps between evaluations (default: ~5 per run, "
                                                            "or one per epoch when converging).")
-    eval_split: Literal["validation", "test"] = "validation"
+    eval_split: EvalSplit = "validation"
     eval_tokens: int | None = Field(None, gt=0, description="Score only the fewest first whole held-out "
                                                             "documents holding this many tokens (always the "
                                                             "same ones).")
@@ -73,6 +74,46 @@ class TrainConfig(StrictModel):
     num_threads: int | None = Field(None, gt=0, description="torch CPU threads for this run.")
     tensorboard: bool = Field(False, description="Also log to TensorBoard (needs the tensorboard package).")
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _family_sections(cls, data: Any, handler: Any) -> Any:
+        """Validate each family section with its family's config and keep the chosen family's as `model`; the
+        other sections (an earlier config.yaml holds every family's) are checked, then dropped. Every problem,
+        in the sections or elsewhere, is reported together."""
+        if not isinstance(data, dict):
+            return handler(data)
+        data = dict(data)
+        name = data.get("family", registry.DEFAULT)
+        sections = {key: data.pop(key) for key in list(data) if key in registry.FAMILIES}
+        errors: list[Any] = []
+        for key, section in sections.items():
+            try:
+                config = registry.family(key).config.model_validate(section)
+            except ValidationError as exc:
+                errors += [InitErrorDetails(type=e["type"], loc=(key, *e["loc"]), input=e["input"],
+                                            ctx=e.get("ctx", {})) for e in exc.errors()]
+                continue
+            if key == name:
+                data["model"] = config
+        if name in registry.FAMILIES and name not in sections:
+            data["model"] = registry.family(name).config()
+        try:
+            validated = handler(data)
+        except ValidationError as exc:
+            # An unknown family has no section to default to; "family: unknown ..." says it all.
+            errors += [e for e in exc.errors() if e["loc"] != ("model",)]
+            validated = None
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return validated
+
+    @model_serializer(mode="wrap")
+    def _model_under_family(self, handler: Any) -> dict[str, Any]:
+        document = handler(self)
+        if "model" in document:
+            document[self.family] = document.pop("model")
+        return document
+
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         if self.unique_tokens is not None and self.unique_tokens > self.tokens:
@@ -81,19 +122,11 @@ class TrainConfig(StrictModel):
             raise ValueError("micro_batch_size cannot exceed batch_size")
         return self
 
-    @property
-    def model_config_for_family(self) -> StrictModel:
-        return getattr(self, self.family)
-
     def identity(self) -> dict:
         """The fields that decide the result: everything but where it runs and how it is logged."""
-        ignore = {"device", "num_threads", "tensorboard", "data", "ngram", "lstm", "transformer"}
-        content = self.model_dump(mode="json", exclude=ignore)
-        if self.family == "ngram":  # counting has no optimizer, schedule or batches
-            content = {k: content[k] for k in ("variant", "tokens", "unique_tokens", "family", "eval_split",
-                                               "eval_tokens")}
-        content["model"] = self.model_config_for_family.model_dump(mode="json")
-        return content
+        content = self.model_dump(mode="json", exclude={"device", "num_threads", "tensorboard", "data"})
+        content["model"] = content.pop(self.family)
+        return registry.family(self.family).identity(content)
 
     def run_id(self, data_fingerprint: str) -> str:
         blob = json.dumps({"config": self.identity(), "data": data_fingerprint}, sort_keys=True)

@@ -21,6 +21,7 @@ import torch
 
 from scalelab.data.store import TokenStore
 from scalelab.errors import DataError
+from scalelab.models.accounting import logits as model_logits
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,6 @@ def result(total_nll: float, data: EvalSet) -> EvalResult:
 def neural_nll(model: torch.nn.Module, data: EvalSet, context_length: int, batch_size: int,
                device: torch.device, autocast_dtype: torch.dtype | None = None) -> float:
     """Total NLL (nats) of the stream's targets, window by window."""
-    from scalelab.models.registry import logits as model_logits
-
     was_training = model.training
     model.eval()
     stream = torch.from_numpy(data.stream)

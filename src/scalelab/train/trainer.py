@@ -17,28 +17,20 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from scalelab.errors import ScalelabError, TrainingDiverged
-from scalelab.models.registry import logits as model_logits
+from scalelab.models.accounting import logits as model_logits
 from scalelab.train import checkpoint
 from scalelab.train.batches import WindowBatches
 from scalelab.train.callbacks import Callback
 from scalelab.train.checkpoint import TrainState
 from scalelab.train.config import TrainConfig
 from scalelab.train.distributed import DistInfo, all_reduce_sum
+from scalelab.train.duration import duration
 from scalelab.train.evaluate import EvalResult
 from scalelab.train.schedule import lr_factor
 
 
 class TrainingError(ScalelabError):
     """Training cannot go on: the data cannot be spread over the processes."""
-
-
-def total_steps(config: TrainConfig, batches: WindowBatches) -> int:
-    if config.steps is not None:
-        return config.steps
-    if config.train_tokens is not None:
-        return max(1, math.ceil(config.train_tokens / (config.batch_size * batches.context_length)))
-    epochs = config.epochs or (config.max_epochs if config.regime == "converge" else 1.0)
-    return max(1, math.ceil(epochs * batches.steps_per_epoch))
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
@@ -68,7 +60,7 @@ class Trainer:
         self.autocast_dtype = autocast_dtype
         self.optimizer = build_optimizer(model, config)
         self.state = TrainState()
-        self.total_steps = total_steps(config, batches)
+        self.total_steps = duration(config, len(batches.view), batches.context_length).steps
         self.eval_every = config.eval_every or (
             batches.steps_per_epoch if config.regime == "converge" else max(1, self.total_steps // 5))
         self.checkpoint_every = config.checkpoint_every or self.eval_every

@@ -42,7 +42,8 @@ def test_config_file_and_overrides(tmp_path):
     result = run_cli("prepare", "-c", str(config), "--out", str(tmp_path / "ds"), "--set", "split.test=0.15", "-q")
     assert result.returncode == 0, result.stderr
     manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
-    assert manifest["config"]["split"] == {"validation": 0.2, "test": 0.15, "seed": 0}
+    assert manifest["config"]["split"] == {"validation": 0.2, "test": 0.15, "seed": 0, "min_tokens": 200_000,
+                                           "max_fraction": 0.1}
     assert manifest["tokenizer"]["kind"] == "bytes"
 
 

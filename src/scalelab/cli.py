@@ -203,8 +203,14 @@ def print_eval(outcome: dict[str, Any], title: str) -> None:
     for column in ("split", "tokens", "loss (nats/token)", "perplexity", "bits/byte"):
         table.add_column(column, justify="right")
     ev = outcome.get("eval", outcome)
-    table.add_row(ev["split"], f"{ev['tokens']:,}", f"{ev['nll']:.4f}", f"{ev['perplexity']:.2f}",
-                  f"{ev['bits_per_byte']:.4f}")
+
+    def with_error(key: str) -> str:
+        # Results recorded before evaluations carried a standard error have none to show.
+        error = ev.get(f"{key}_se")
+        return f"{ev[key]:.4f}" + (f" ± {error:.4f}" if error is not None else "")
+
+    table.add_row(ev["split"], f"{ev['tokens']:,}", with_error("nll"), f"{ev['perplexity']:.2f}",
+                  with_error("bits_per_byte"))
     console.print(table)
 
 
@@ -380,8 +386,12 @@ UnitOption = Annotated[Unit, typer.Option("--unit", help="The loss the laws are 
 def print_fits(analysis: Analysis) -> None:
     from rich.table import Table
 
+    from scalelab.laws.fit import RESAMPLING
+
     for group in analysis.groups:
-        title = f"{group.family} ({group.variant}): {group.form} law, {group.points} points"
+        title = f"{group.name} ({group.variant}): {group.form} law, {group.points} points"
+        if group.excluded_unreliable:
+            title += f" ({group.excluded_unreliable} unreliable left out)"
         if group.fit is None:
             console.print(f"[bold]{title}[/]: no fit — {group.error}")
             continue
@@ -391,14 +401,29 @@ def print_fits(analysis: Analysis) -> None:
             table.add_column(column, justify="right")
         for name, value in fit.params.items():
             low, high = fit.intervals.get(name, (math.nan, math.nan))
+            if name == "E" and (group.floor is None or not group.floor.identified):
+                # An unidentified floor is a bound, never a value such as 2e-10.
+                shown = "not identified" if group.floor is None else f"< {high:.4g}"
+                table.add_row(name, shown, f"0 – {high:.4g}" if group.floor is not None else "–")
+                continue
             table.add_row(name, f"{value:.4g}", f"{low:.4g} – {high:.4g}")
         console.print(table)
         quality = f"fit: rmse of log loss {fit.rmse_log:.4f}, R² {fit.r2:.4f}"
+        if len(fit.samples) or fit.bootstrap_failed:
+            quality += (f"; bootstrap: {RESAMPLING[fit.resampling]}, {len(fit.samples)} refits"
+                        + (f", {fit.bootstrap_failed} failed and dropped" if fit.bootstrap_failed else "")
+                        + (f", {fit.bootstrap_rejected} degenerate resamples redrawn" if fit.bootstrap_rejected
+                           else ""))
         backtest = group.backtest
         if backtest is not None:
             quality += (f"; backtest (fit on {backtest.fitted_on} smaller D, predict {len(backtest.actual)} "
                         f"larger): mean error {100 * backtest.mean_abs_rel_error:.2f}%, "
                         f"max {100 * backtest.max_abs_rel_error:.2f}%")
+            if math.isfinite(backtest.mean_reducible_abs_rel_error):
+                quality += f", {100 * backtest.mean_reducible_abs_rel_error:.1f}% of the reducible loss L - E"
+            if math.isfinite(backtest.coverage):
+                quality += (f", {100 * backtest.coverage:.0f}% of held-out points inside the "
+                            f"{round(100 * backtest.level)}% band")
         console.print(quality)
     console.print("[bold]What the fits say[/]")
     for sentence in analysis.sentences:
@@ -416,6 +441,8 @@ def fit(
         "--epsilon", help="Saturation: a doubling gains less than this share.")] = 0.01,
     json_out: Annotated[Path | None, typer.Option(
         "--json", help="Also write the fits and answers as JSON here.")] = None,
+    include_unreliable: Annotated[bool, typer.Option(
+        "--include-unreliable", help="Also fit runs marked unreliable (too few optimizer steps).")] = False,
 ) -> None:
     """Fit scaling laws to a study's results (or a CSV), with intervals, backtests and planner answers."""
     from scalelab.io import check_writable_file, write_json_atomic
@@ -424,7 +451,8 @@ def fit(
     check_options(bootstrap=bootstrap, target=target, epsilon=epsilon)
     if json_out is not None:
         check_writable_file(json_out)
-    analysis = analyse(load_points(source), unit=unit, bootstrap=bootstrap, target=target, epsilon=epsilon)
+    analysis = analyse(load_points(source), unit=unit, bootstrap=bootstrap, target=target, epsilon=epsilon,
+                       include_unreliable=include_unreliable)
     print_fits(analysis)
     if json_out is not None:
         write_json_atomic(json_out, analysis.to_dict())
@@ -453,10 +481,19 @@ def plan_data(
     if points.empty:
         raise DataError(f"no finished runs match family={family!r} variant={variant!r} in {source}")
     analysis = analyse(points, unit=unit, bootstrap=bootstrap, target=target_loss)
+    from scalelab.laws.analysis import stated
+
     for group in analysis.groups:
         answer = group.answers.get("data_for_loss")
-        console.print(f"- {answer.sentence()}" if answer is not None else
-                      f"- the {group.family} ({group.variant}): {group.error or group.answers_error}")
+        if answer is None:
+            console.print(f"- the {group.name} ({group.variant}): {group.error or group.answers_error}")
+            continue
+        # The answer as a finding: with its interval, or why the data do not bound it.
+        sentence = stated(answer, group.floor) if bootstrap else answer.sentence()
+        console.print(f"- {sentence}" if sentence is not None else
+                      f"- the {group.name} ({group.variant}): the data do not bound the tokens needed to reach "
+                      f"{target_loss:g}: the interval is open"
+                      + "".join(f"; {f}" for f in group.findings if "floor" in f))
 
 
 @app.command()

@@ -2,11 +2,14 @@ import random
 from collections import Counter
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from scalelab.data import prepare
 from scalelab.data.clean import content_hash
-from scalelab.data.split import SplitConfig, assign_split, mix64, mix64_array, shuffle_order
+from scalelab.data.split import SplitConfig, assign_split, mix64, mix64_array, resolve_fractions, shuffle_order
+from tests.conftest import tiny_config, write_corpus
 
 
 def test_split_depends_on_content_only():
@@ -51,3 +54,59 @@ def test_shuffle_order_is_a_stable_permutation():
     grown = np.concatenate([hashes, np.array([content_hash(f"x{i}") for i in range(300)], dtype=np.uint64)])
     grown_order = shuffle_order(grown, seed=0)
     assert [i for i in grown_order.tolist() if i < 1000] == order.tolist()
+
+
+def test_resolution_widens_to_min_tokens_within_bounds():
+    rng = np.random.default_rng(0)
+    positions = rng.random(10_000)
+    tokens = np.full(10_000, 100)
+    config = SplitConfig(validation=0.05, test=0.02, min_tokens=70_000, max_fraction=0.1)
+    resolved = resolve_fractions(config, positions, tokens)
+    assert resolved.min_tokens == 0 and resolved.widest() == resolved
+    v, t = resolved.validation, resolved.test
+
+    def held(start: float, stop: float) -> int:
+        return int(tokens[(positions >= start) & (positions < stop)].sum())
+
+    # Each split is the narrowest (to the 1e-4 step) that holds min_tokens.
+    assert held(0, v) >= 70_000 > held(0, v - 1e-4)
+    assert held(v, v + t) >= 70_000 > held(v, v + t - 1e-4)
+    # Discarded documents (0 tokens) do not count; the configured fraction is a lower bound; the cap holds.
+    tokens[positions < 0.03] = 0
+    assert resolve_fractions(config, positions, tokens).validation > v
+    assert resolve_fractions(config.model_copy(update={"min_tokens": 100}), positions, tokens).validation == 0.05
+    capped = resolve_fractions(config.model_copy(update={"min_tokens": 10**9}), positions, tokens)
+    assert (capped.validation, capped.test) == (0.1, 0.1)
+    assert resolve_fractions(config.model_copy(update={"test": 0.0}), positions, tokens).test == 0.0
+
+
+def test_widest_split_bounds_every_resolution():
+    config = SplitConfig(validation=0.02, test=0.2, max_fraction=0.1)
+    assert (config.widest().validation, config.widest().test) == (0.1, 0.2)
+    assert SplitConfig(min_tokens=0).widest() == SplitConfig(min_tokens=0)
+    with pytest.raises(ValueError, match="max_fraction"):
+        SplitConfig(validation=0.95, test=0.01)
+
+
+def test_fixture_fractions_are_resolved_unchanged(prepared):
+    assert prepared.manifest["split"] == {"validation": 0.1, "test": 0.1, "min_tokens": 0, "max_fraction": 0.1,
+                                          "seed": 0}
+
+
+def splits_of(store) -> dict[str, str]:
+    return {r["id"]: s for s in ("train", "validation", "test") for r in store.split(s).doc_records()}
+
+
+def test_min_tokens_honoured_and_growth_never_moves_documents(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus", n_docs=150)
+    split = {"validation": 0.02, "test": 0.02, "min_tokens": 1500, "max_fraction": 0.3}
+    store = prepare(tiny_config(corpus, tmp_path / "a", split=split), show_progress=False)
+    resolved = store.manifest["split"]
+    assert 0.02 < resolved["validation"] < 0.3 and 0.02 < resolved["test"] < 0.3
+    assert all(store.manifest["held_out"][s]["tokens"] >= 1500 for s in ("validation", "test"))
+    for i in range(60):
+        (corpus / f"new{i}.txt").write_text(f"a new document {i} " + "with several words " * (i % 7 + 1))
+    grown = prepare(tiny_config(corpus, tmp_path / "b", split=resolved), show_progress=False)
+    before, after = splits_of(store), splits_of(grown)
+    assert all(after[doc] == split for doc, split in before.items())
+    assert grown.manifest["split"] == resolved

@@ -60,13 +60,14 @@ class UnigramFamily(ModelFamily):
     def size_fields(self, size: str) -> dict[str, Any]:
         return self.presets()[size]
 
-    def hyperparameters(self, size: str, tokens: int, context_length: int) -> dict[str, Any]:
+    def hyperparameters(self, size: str, tokens: int, context_length: int, *, min_steps: int = 200,
+                        regime: str = "single-pass") -> dict[str, Any]:
         return {self.name: self.size_fields(size)}
 
     def parameters(self, outcome: dict[str, Any]) -> str:
         return f"{outcome['params']:,} counts"
 
-    def cost(self, config, view_tokens: int) -> Cost:
+    def cost(self, config, view_tokens: int, vocab_size: int) -> Cost:
         return Cost(view_tokens, 0.0)
 
     def throughput(self, store, config) -> float:
@@ -86,7 +87,7 @@ class UnigramFamily(ModelFamily):
 
     def score(self, counts: np.ndarray, config, data, device):
         logprobs = _logprobs(counts, config.model.smoothing)
-        return result(float(-logprobs[data.stream[1:]].sum()), data)
+        return result(-logprobs[data.stream[1:]], data)  # the NLL of every target of the stream
 
     def deployed(self, counts: np.ndarray, config, tokenizer, name: str) -> UnigramModel:
         return UnigramModel(name, tokenizer, torch.from_numpy(_logprobs(counts, config.model.smoothing)).float())

@@ -154,7 +154,7 @@ def test_sentences_state_the_epsilon_used():
     """Neither the saturation sentences nor the summary's own say 1% when the analysis was asked for 5%."""
     frame = pd.concat([law_points(), law_points(B=20.0, variant="filtered", seed=1),
                        law_points(E=0.01, variant="unsaturated", seed=2)])
-    result = analyse(frame, unit="nats", bootstrap=0, epsilon=0.05)
+    result = analyse(frame, unit="nats", bootstrap=30, epsilon=0.05)
     assert result.epsilon == 0.05 and result.to_dict()["epsilon"] == 0.05 and result.to_dict()["target"] is None
     saturating = [s for s in result.sentences if "saturat" in s or "doubling of the data lowers" in s]
     assert any(s.startswith("the transformer (unsaturated) shows no sign of saturating") and "gaining over 5% far"
@@ -169,7 +169,7 @@ def test_analyse_builds_its_answers_without_rewriting_the_planners_or_its_input(
     frame is untouched, and the JSON is built afresh each time."""
     frame = law_points(E=0.01)
     before = copy.deepcopy(frame)
-    result = analyse(frame, unit="nats", bootstrap=0, epsilon=0.05)
+    result = analyse(frame, unit="nats", bootstrap=30, epsilon=0.05)
     assert frame.equals(before)
     (group,) = result.groups
     stated = group.answers["saturation"]

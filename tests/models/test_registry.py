@@ -27,8 +27,9 @@ def build(config, vocab_size):
     return family(config.FAMILY).build(config, vocab_size)
 
 
-def planned_flops(config, context_length):
-    return family(config.FAMILY).flops_per_token(config.model_copy(update={"context_length": context_length}))
+def planned_flops(config, context_length, vocab_size=VOCAB):
+    return family(config.FAMILY).flops_per_token(config.model_copy(update={"context_length": context_length}),
+                                                 vocab_size)
 
 
 def test_presets_list_each_family_by_its_shape_fields():
@@ -77,10 +78,22 @@ def test_an_untied_output_layer_is_not_counted_in_n():
 
 
 def test_flops_per_token_by_hand():
-    # 6N + 6 * n_layers * n_ctx * d_model = 6 * 82240 + 6 * 2 * 16 * 64
-    assert planned_flops(SMALL_TRANSFORMER, 16) == 493_440 + 12_288
-    assert flops_per_token(build(SMALL_TRANSFORMER, VOCAB), 16) == 493_440 + 12_288
-    assert planned_flops(SMALL_LSTM, 16) == flops_per_token(build(SMALL_LSTM, VOCAB), 512) == 6 * SMALL_LSTM_N
+    # The output layer now counts (Hoffmann et al. 2022, Appendix F; issue 14): 6N + 6 n_layers n_ctx d_model +
+    # 6 d_model V = 6 * 82240 + 6 * 2 * 16 * 64 + 6 * 64 * 64
+    assert planned_flops(SMALL_TRANSFORMER, 16) == 493_440 + 12_288 + 24_576
+    assert flops_per_token(build(SMALL_TRANSFORMER, VOCAB), 16) == 493_440 + 12_288 + 24_576
+    # An LSTM has no attention term; its tied output layer is d_embed x V: 6 * 6912 + 6 * 16 * 64
+    assert planned_flops(SMALL_LSTM, 16) == flops_per_token(build(SMALL_LSTM, VOCAB), 512) == 41_472 + 6_144
+
+
+def test_the_output_layer_costs_several_times_6n_at_a_small_preset():
+    # 0.1M (d_model 64, N = 106,816) at an 8192-token vocabulary: 6 d_model V = 3,145,728 against 6N = 640,896.
+    # Leaving the output layer out understated C about sixfold.
+    config = TransformerConfig(size="0.1M")
+    model = family("transformer").build(config, 8192)
+    output = 6 * model.get_output_embeddings().weight.numel()
+    assert output == 6 * 64 * 8192 == 3_145_728 and 6 * non_embedding_params(model) == 640_896
+    assert planned_flops(config, 256, 8192) - planned_flops(config, 256, 1) == 6 * 64 * 8191
 
 
 def test_flops_of_the_largest_presets_need_no_memory():

@@ -168,11 +168,17 @@ def test_the_figures_draw_the_fits_the_tables_state_fitted_once(report, monkeypa
     monkeypatch.setattr(plots, "scaling", capture)
     index, analysis = build_report(report[0].parents[1], tmp_path / "report", bootstrap=5)
     backtests = sum(g.backtest is not None for g in analysis.groups)
-    assert bootstraps.count(5) == len(analysis.fits) == 4 and len(bootstraps) == 4 + backtests
+    # Bootstrapped: each group's law, its backtest (for the band's coverage), each envelope and the sizes' own L(D)
+    # not fitted as groups already; the Hestness regions' refits have no bootstrap.
+    groups = set(map(id, analysis.fits.values()))
+    envelopes = sum(1 + sum(not isinstance(f, str) and id(f) not in groups for f in e.per_size.values())
+                    for e in analysis.envelopes if e.fit is not None)
+    assert len(analysis.fits) == 4 and bootstraps.count(5) == 4 + backtests + envelopes
+    assert set(bootstraps) <= {0, 5}
     assert {s.fit for s in drawn} == set(analysis.fits.values())  # the same objects (a Fit compares by identity)
     stated = json.loads(index.with_name("results.json").read_text())["analysis"]["groups"]
     for group in stated:
-        fit = analysis.fits[group["family"], group["variant"]]
+        fit = analysis.fits[group["name"], group["variant"]]
         assert fit.params == group["fit"]["params"]
         assert {name: list(bounds) for name, bounds in fit.intervals.items()} == group["fit"]["intervals"]
 

@@ -15,7 +15,7 @@ from tests.train.test_run import tiny
 @pytest.mark.parametrize("given", [{"steps": 7}, {"train_tokens": 3000, "steps": None}, {"epochs": 1.5, "steps": None}])
 def test_the_plan_costs_what_the_trainer_runs(prepared, tmp_path, given, monkeypatch):
     config = tiny(prepared, "transformer", tokens=1700, batch_size=5, **given)
-    cost = family("transformer").cost(config, config.tokens)
+    cost = family("transformer").cost(config, config.tokens, prepared.tokenizer.vocab_size)
     outcome = train_run(config, tmp_path / "run", show_progress=False)
     assert cost.train_tokens == outcome["tokens_seen"]
     assert cost.flops == pytest.approx(outcome["flops"])
@@ -31,6 +31,7 @@ def test_a_duration_in_steps_or_tokens_changes_the_plan(prepared):
     by_epochs = tiny(prepared, "lstm", steps=None)
     by_steps = tiny(prepared, "lstm", steps=3)
     by_tokens = tiny(prepared, "lstm", steps=None, train_tokens=20 * by_epochs.tokens)
-    costs = [family("lstm").cost(c, c.tokens).train_tokens for c in (by_epochs, by_steps, by_tokens)]
+    vocab = prepared.tokenizer.vocab_size
+    costs = [family("lstm").cost(c, c.tokens, vocab).train_tokens for c in (by_epochs, by_steps, by_tokens)]
     assert costs[1] == 3 * 4 * 32 and costs[1] < costs[0] < costs[2]
     assert json.dumps(costs)  # plain integers

@@ -192,6 +192,16 @@ def minhash_signatures(texts: list[str], config: MinHashConfig) -> np.ndarray:
     return signatures
 
 
+def word_ngrams(texts: list[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hashes of each text's word n-grams, in order, and each text's word count; words as MinHash normalises
+    them. A text of fewer than n words has no n-gram, so text i owns max(words[i] - n + 1, 0) hashes."""
+    if not texts:
+        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
+    words, counts = _word_tokens(_normalized_code_points(texts))
+    shingles, num = _shingle_hashes(words, counts, ngram)
+    return shingles[np.repeat(counts >= ngram, num)], counts
+
+
 def _permutation_multipliers(config: MinHashConfig) -> np.ndarray:
     """(num_perm,) odd uint64 multipliers: x -> (a * x mod 2**64) >> 32 is one permutation of shingle hashes."""
     return mix64_array(np.arange(config.num_perm, dtype=np.uint64), config.seed) | np.uint64(1)

@@ -1,11 +1,14 @@
 """`prepare`: sources -> clean -> filter -> split -> dedup -> tokenizer -> TokenStore, with bounded memory.
 
 Pass 1 reads sources in this process; worker processes clean, filter, MinHash and assign splits (in order, so
-the result never depends on the number of workers); cleaned text is parked in a staging area. Selection then
-decides, from small per-document arrays, which documents each train variant and held-out split keeps (see
-variants.py). The tokenizer trains on the raw train split. Pass 2 tokenizes each split in its shuffled order
-and writes every variant's token arrays. Everything is written into a temporary directory that is renamed
-into place only when complete.
+the result never depends on the number of workers); cleaned text is parked in a staging area. Held-out splits
+are staged as wide as `split.max_fraction` allows, so the documents staged as train are train whatever the
+resolution, and the tokenizer trains on them. Selection then decides which documents each train variant and
+held-out split keeps (see variants.py): deduplication from small per-document arrays, decontamination by
+streaming texts. The split fractions are resolved from the held-out tokens that selection keeps (split.py);
+the documents they leave out move to train and selection runs again on the final splits. Pass 2 tokenizes
+each split in its shuffled order and writes every variant's token arrays. Everything is written into a
+temporary directory that is renamed into place only when complete.
 """
 
 from __future__ import annotations
@@ -28,14 +31,25 @@ from pydantic import Field, field_validator, model_validator
 from scalelab import __version__
 from scalelab.config import StrictModel
 from scalelab.data.clean import CleanStats, clean, content_hash
+from scalelab.data.contamination import DecontaminateConfig, batches
 from scalelab.data.dedup import DedupConfig, band_hashes, minhash_signatures
 from scalelab.data.documents import RawDoc, Skipped, SourceConfig, SourceFingerprint, read_source, resolve_type
 from scalelab.data.filters import FiltersConfig, apply_filters
-from scalelab.data.split import HELD_OUT, SPLITS, SplitConfig, SplitName, assign_split, mix64_array, shuffle_order
+from scalelab.data.split import (
+    HELD_OUT,
+    SPLITS,
+    SplitConfig,
+    SplitName,
+    assign_split,
+    mix64_array,
+    positions,
+    resolve_fractions,
+    shuffle_order,
+)
 from scalelab.data.staging import StagedDoc, StagingArea
 from scalelab.data.store import FORMAT_VERSION, MANIFEST, TOKENIZER, SplitWriter, TokenStore, store_fingerprint
 from scalelab.data.tokenizer import Tokenizer, TokenizerConfig, build_tokenizer, load_cached
-from scalelab.data.variants import Selection, VariantName, select, text_of
+from scalelab.data.variants import Selection, VariantName, held_out_texts, select, text_of
 from scalelab.errors import DataError
 from scalelab.io import check_writable_dir, fresh_sibling_dir, replace_dir, writing
 from scalelab.parallel import ordered_map, single_threaded_tokenizers
@@ -45,6 +59,7 @@ from scalelab.progress import progress, stderr_console
 EXECUTION_FIELDS = {"out", "workers", "batch_bytes", "strict"}
 SAMPLE_SEED = 0x5CA1E
 EXAMPLES_PER_REASON = 3
+CONTAMINATION_EXAMPLES = 10
 EXCERPT_CHARS = 240
 
 
@@ -58,6 +73,8 @@ class PrepareConfig(StrictModel):
     filters: FiltersConfig = Field(default_factory=FiltersConfig,
                                    description="Quality filters; `preset: prose` or `code` turns them on.")
     dedup: DedupConfig = Field(default_factory=DedupConfig, description="Exact and MinHash near deduplication.")
+    decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig,
+                                               description="N-gram overlap between held-out and train documents.")
     variants: list[VariantName] = Field(default_factory=lambda: ["raw"],
                                         description="Train variants to write, sharing tokenizer and held-out set.")
     shuffle_seed: int = Field(0, ge=0, description="Seed of the one shuffle that fixes the nested-subset order.")
@@ -165,25 +182,27 @@ def _prepare_into(tmp: Path, config: PrepareConfig, show_progress: bool) -> dict
     _check_corpus(config, staging, stats)
 
     tick = time.perf_counter()
-    selection = select(staging, config.variants, config.dedup, config.shuffle_seed, bool(config.filters.build()))
-    _check_selection(config, selection)
-    stats.seconds["select"] = time.perf_counter() - tick
-
-    tick = time.perf_counter()
     tokenizer = _train_tokenizer(config, staging, show_progress)
     tokenizer.save(tmp / TOKENIZER)
     stats.seconds["tokenizer"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
+    selection, split = _select_and_resolve(config, staging, tmp / TOKENIZER)
+    _check_selection(config, selection)
+    stats.seconds["select"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
     infos = _write_splits(tmp, staging, selection, tokenizer, config, show_progress)
     stats.seconds["tokenize"] = time.perf_counter() - tick
     shutil.rmtree(staging.directory)
-    if selection.reference_matches:
-        lines = (json.dumps(m, ensure_ascii=False) for m in selection.reference_matches)
-        (tmp / "reference_matches.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for name, rows in (("reference_matches", selection.reference_matches),
+                       ("contamination", selection.decontamination["documents"])):
+        if rows:
+            lines = (json.dumps(row, ensure_ascii=False) for row in rows)
+            (tmp / f"{name}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     stats.seconds["total"] = time.perf_counter() - started
 
-    manifest = _manifest(config, stats, fingerprints, tokenizer, infos, selection, staging, tmp)
+    manifest = _manifest(config, split, stats, fingerprints, tokenizer, infos, selection, staging, tmp)
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return manifest
 
@@ -240,6 +259,7 @@ def stage_batch(args: tuple[list[RawDoc], PrepareConfig]) -> StagedBatch:
     """Worker: clean, hash, assign a split, run the quality filters and MinHash each document."""
     raw_docs, config = args
     filters = _filters(config.filters.model_dump_json())
+    widest = config.split.widest()
     stats = CleanStats()
     kept, skipped = [], []
     for raw in raw_docs:
@@ -251,7 +271,7 @@ def stage_batch(args: tuple[list[RawDoc], PrepareConfig]) -> StagedBatch:
         verdict = apply_filters(doc, filters) if filters else doc
         reason = verdict if isinstance(verdict, str) else None
         edited = verdict.text if not isinstance(verdict, str) and verdict.text != doc.text else None
-        kept.append(KeptDocument(assign_split(doc_hash, config.split), doc_hash, doc, edited, reason))
+        kept.append(KeptDocument(assign_split(doc_hash, widest), doc_hash, doc, edited, reason))
     signatures = minhash_signatures([item.doc.text for item in kept], config.dedup.minhash)
     # Input bytes are counted here, in the workers, to keep encoding text off the single reading process.
     raw_bytes = sum(len(r.data) if isinstance(r.data, bytes) else len(r.data.encode("utf-8")) for r in raw_docs)
@@ -289,6 +309,44 @@ def _check_corpus(config: PrepareConfig, staging: StagingArea, stats: RunStats) 
         raise DataError(f"corpus too small for the requested splits: {kept} documents gave {counts}; "
                         f"{' and '.join(empty)} would be empty (add documents or change split.validation/"
                         "split.test)")
+
+
+def _select_and_resolve(config: PrepareConfig, staging: StagingArea,
+                        tokenizer_path: Path) -> tuple[Selection, SplitConfig]:
+    """Select on the widest held-out splits, resolve the fractions from the tokens kept there, move the
+    documents the resolved splits leave out to train, and select again."""
+    def run() -> Selection:
+        return select(staging, config.variants, config.dedup, config.decontaminate, config.shuffle_seed,
+                      bool(config.filters.build()))
+
+    selection = run()
+    widest = config.split.widest()
+    if widest == config.split:
+        return selection, config.split.resolved(config.split.validation, config.split.test)
+    hashes = np.concatenate([staging.hashes(s) for s in HELD_OUT])
+    kept = np.concatenate([selection.held_out[s] for s in HELD_OUT])
+    tokens = np.zeros(hashes.size, dtype=np.int64)
+    tokens[kept] = _token_counts(config, staging, selection, tokenizer_path)
+    split = resolve_fractions(config.split, positions(hashes, config.split.seed), tokens)
+    if (split.validation, split.test) == (widest.validation, widest.test):
+        return selection, split
+    staging.regroup(lambda doc_hash: assign_split(doc_hash, split))
+    return run(), split
+
+
+def count_tokens(task: tuple[str, list[str]]) -> np.ndarray:
+    """Worker: tokens (end-of-document included) of each text."""
+    path, texts = task
+    return np.array([tokens.size for tokens in load_cached(path).encode_docs(texts)], dtype=np.int64)
+
+
+def _token_counts(config: PrepareConfig, staging: StagingArea, selection: Selection,
+                  tokenizer_path: Path) -> np.ndarray:
+    """Tokens of each document the held-out splits keep, in staging order."""
+    chosen = {s: np.flatnonzero(selection.held_out[s]) for s in HELD_OUT}
+    tasks = ((str(tokenizer_path), batch) for batch in batches(held_out_texts(staging, chosen), config.batch_bytes))
+    counts = list(ordered_map(count_tokens, tasks, config.workers))
+    return np.concatenate(counts) if counts else np.zeros(0, dtype=np.int64)
 
 
 def _check_selection(config: PrepareConfig, selection: Selection) -> None:
@@ -413,11 +471,12 @@ def _funnel(stats: RunStats, staging: StagingArea, selection: Selection) -> dict
                      for reason, n in stats.filtered.most_common()},
         "staged": dict(staging.documents),
         "removed": selection.removed,
+        "decontamination": selection.decontamination["flagged"],
         "reference_matches": len(selection.reference_matches),
     }
 
 
-def _manifest(config: PrepareConfig, stats: RunStats, fingerprints: list[SourceFingerprint],
+def _manifest(config: PrepareConfig, split: SplitConfig, stats: RunStats, fingerprints: list[SourceFingerprint],
               tokenizer: Tokenizer, infos: dict[str, dict[str, Any]], selection: Selection,
               staging: StagingArea, tmp: Path) -> dict[str, Any]:
     return {
@@ -432,6 +491,7 @@ def _manifest(config: PrepareConfig, stats: RunStats, fingerprints: list[SourceF
         "tokenizer": {"kind": config.tokenizer.kind, "vocab_size": tokenizer.vocab_size,
                       "eod_id": tokenizer.eod_id, "dtype": np.dtype(tokenizer.dtype).name},
         "minhash": config.dedup.minhash.model_dump(mode="json") | {"description": config.dedup.minhash.describe()},
+        "split": split.model_dump(mode="json"),  # the resolved split: these fractions reproduce it on any corpus
         "held_out": {s: infos[s] for s in HELD_OUT},
         "train": {v: infos[f"train/{v}"] for v in config.variants},
         "funnel": _funnel(stats, staging, selection),
@@ -442,6 +502,7 @@ def _manifest(config: PrepareConfig, stats: RunStats, fingerprints: list[SourceF
             "skipped": dict(stats.skipped),
             "skipped_examples": stats.skipped_examples,
             "filtered_examples": stats.filtered_examples,
+            "contamination_examples": selection.decontamination["documents"][:CONTAMINATION_EXAMPLES],
             "invalid_bytes_replaced": stats.clean.invalid_bytes_replaced,
             "control_chars_removed": stats.clean.control_chars_removed,
             "nfc_changed": stats.clean.nfc_changed,

@@ -28,6 +28,8 @@ def data_report(store: TokenStore, max_tokens: int = 5_000_000) -> dict[str, Any
         "funnel": manifest["funnel"],
         "skipped_examples": manifest["stats"]["skipped_examples"],
         "filtered_examples": manifest["stats"]["filtered_examples"],
+        "contamination_examples": manifest["stats"].get("contamination_examples", []),
+        "split": manifest.get("split"),
         "minhash": manifest["minhash"]["description"],
         "views": {name: {k: v for k, v in info.items() if k != "fingerprint"}
                   for name, info in [(f"train ({v})", i) for v, i in manifest["train"].items()]

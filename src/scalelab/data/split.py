@@ -1,12 +1,16 @@
 """Held-out splits chosen by content, not position.
 
-A document's split is a function of its content hash alone: adding documents never moves another across
-splits, and identical documents always share a split. The same hash, mixed with a seed, orders documents
-within a split, so the order is stable as a corpus grows.
+Each document's hash, mixed with the split seed, gives it a position in [0, 1): validation takes [0, v), test
+[v, v + t), train the rest. The fractions v and t are resolved once per corpus (see `resolve_fractions`) and
+recorded in the manifest; a document's split is then a function of its content hash and that resolved config,
+so with the resolved config fixed (pass its fractions with `min_tokens: 0`), adding documents never moves
+another across splits, and identical documents always share a split. The same hash, mixed with a seed, orders
+documents within a split, so the order is stable as a corpus grows.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -18,20 +22,78 @@ SplitName = Literal["train", "validation", "test"]
 HELD_OUT: tuple[SplitName, ...] = ("validation", "test")
 SPLITS: tuple[SplitName, ...] = ("train", "validation", "test")
 _MASK = (1 << 64) - 1
+# Resolved fractions are rounded up to this step, so the manifest records short numbers.
+_FRACTION_STEP = 1e-4
 
 
 class SplitConfig(StrictModel):
-    """Fractions of documents held out, chosen by a hash of their content."""
+    """Fractions of documents held out, chosen by a hash of their content, and the least each must hold."""
 
-    validation: float = Field(0.02, ge=0.0, lt=1.0, description="Fraction of documents for validation.")
-    test: float = Field(0.02, ge=0.0, lt=1.0, description="Fraction of documents for test.")
+    validation: float = Field(0.05, ge=0.0, lt=1.0, description="Fraction of documents for validation "
+                                                                "(at least; see min_tokens).")
+    test: float = Field(0.05, ge=0.0, lt=1.0, description="Fraction of documents for test (at least).")
+    min_tokens: int = Field(200_000, ge=0, description="Each held-out split is widened until it holds this many "
+                                                       "tokens after deduplication and decontamination, ...")
+    max_fraction: float = Field(0.10, gt=0.0, lt=0.5, description="... but never past this fraction.")
     seed: int = Field(0, ge=0, description="Changes which documents are held out.")
 
     @model_validator(mode="after")
     def _leave_training_data(self) -> SplitConfig:
-        if self.validation + self.test >= 1.0:
-            raise ValueError(f"validation + test must be below 1 (got {self.validation + self.test:g})")
+        widest = self.widest()
+        if widest.validation + widest.test >= 1.0:
+            raise ValueError(f"validation + test, each widened to max_fraction when min_tokens is set, must be "
+                             f"below 1 (got {widest.validation + widest.test:g})")
         return self
+
+    def widest(self) -> SplitConfig:
+        """The largest fractions resolution can give: every document outside them is train whatever the corpus.
+
+        A fraction of 0 asks for no such split and stays 0."""
+        if not self.min_tokens:
+            return self
+        return self.model_copy(update={name: max(getattr(self, name), self.max_fraction) if getattr(self, name)
+                                       else 0.0 for name in HELD_OUT})
+
+    def resolved(self, validation: float, test: float) -> SplitConfig:
+        """These fractions, fixed: the config that reproduces a resolved split on any corpus."""
+        return self.model_copy(update={"validation": validation, "test": test, "min_tokens": 0})
+
+
+def resolve_fractions(config: SplitConfig, positions: np.ndarray, tokens: np.ndarray) -> SplitConfig:
+    """The narrowest fractions, at least the configured ones and at most `max_fraction`, that give each held-out
+    split `min_tokens`, from the positions and token counts of the documents a held-out split would keep
+    (discarded documents count 0 tokens). Validation is resolved first, then test starts where it ends."""
+    if config.widest() == config:
+        return config.resolved(config.validation, config.test)
+    order = np.argsort(positions, kind="stable")
+    positions, cumulative = positions[order], np.cumsum(tokens[order])
+    validation = _fraction(config.validation, 0.0, positions, cumulative, config)
+    test = _fraction(config.test, validation, positions, cumulative, config)
+    return config.resolved(validation, test)
+
+
+def _fraction(wanted: float, start: float, positions: np.ndarray, cumulative: np.ndarray,
+              config: SplitConfig) -> float:
+    if not wanted:
+        return 0.0
+    first = int(np.searchsorted(positions, start))
+    before = cumulative[first - 1] if first else 0
+    reach = int(np.searchsorted(cumulative, before + config.min_tokens))
+    if reach == positions.size:
+        return max(wanted, config.max_fraction)
+    # One step past the document that reaches min_tokens, so that it falls inside.
+    needed = (math.floor((positions[reach] - start) / _FRACTION_STEP) + 1) * _FRACTION_STEP
+    return round(max(wanted, min(needed, config.max_fraction)), 6)
+
+
+def position(doc_hash: int, seed: int) -> float:
+    """Where a document falls in [0, 1) for the split rule."""
+    return mix64(doc_hash, seed + 1) / 2.0**64
+
+
+def positions(doc_hashes: np.ndarray, seed: int) -> np.ndarray:
+    """Vectorised `position` (as float64, so only a rule's boundaries are compared through it)."""
+    return mix64_array(doc_hashes, seed + 1).astype(np.float64) / 2.0**64
 
 
 def mix64(value: int, seed: int) -> int:
@@ -52,10 +114,10 @@ def mix64_array(values: np.ndarray, seed: int) -> np.ndarray:
 
 
 def assign_split(doc_hash: int, config: SplitConfig) -> SplitName:
-    position = mix64(doc_hash, config.seed + 1) / 2.0**64
-    if position < config.validation:
+    where = position(doc_hash, config.seed)
+    if where < config.validation:
         return "validation"
-    if position < config.validation + config.test:
+    if where < config.validation + config.test:
         return "test"
     return "train"
 

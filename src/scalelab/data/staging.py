@@ -1,6 +1,8 @@
 """Cleaned documents parked on disk between the two passes of `prepare`.
 
-The first pass streams sources through cleaning, filtering and MinHash into one staging file per split;
+The first pass streams sources through cleaning, filtering and MinHash into one staging file per split, the
+held-out ones as wide as split resolution may make them; `regroup` then moves the documents resolution leaves
+out into train;
 selection (filters, deduplication) and tokenizer training then read the small per-document arrays, and the
 second pass reads documents back in shuffled order to tokenize them. Memory stays bounded: only per-document
 arrays (hash, filter flag, band hashes: about 130 bytes a document) are ever held in RAM.
@@ -10,14 +12,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from scalelab.data.documents import Doc
-from scalelab.data.split import SPLITS, SplitName
+from scalelab.data.split import HELD_OUT, SPLITS, SplitName
 
 
 @dataclass(slots=True)
@@ -28,18 +31,25 @@ class StagedDoc:
     clean_text: str  # after filters that edit text (C4 drops lines); `text` itself when nothing changed
 
 
+KINDS = ("records", "offsets", "hashes", "bands", "passed")
+
+
 class StagingArea:
     def __init__(self, directory: Path, num_bands: int):
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.num_bands = num_bands
-        self._files = {(s, kind): (directory / f"{s}.{kind}").open("wb")
-                       for s in SPLITS for kind in ("records", "offsets", "hashes", "bands", "passed")}
+        self._files: dict[tuple[SplitName, str], BinaryIO] = {}
         self._position = dict.fromkeys(SPLITS, 0)
         self.documents = dict.fromkeys(SPLITS, 0)
         self.bytes = dict.fromkeys(SPLITS, 0)
         self._cache: dict[tuple[str, str], np.ndarray] = {}
         for split in SPLITS:
+            self._open(split, "wb")
+
+    def _open(self, split: SplitName, mode: str) -> None:
+        self._files.update({(split, kind): (self.directory / f"{split}.{kind}").open(mode) for kind in KINDS})
+        if mode == "wb":
             self._files[split, "offsets"].write(np.int64(0).tobytes())
 
     def add(self, split: SplitName, doc: Doc, clean_text: str | None, doc_hash: int, bands: np.ndarray,
@@ -51,6 +61,10 @@ class StagingArea:
             header["cut"] = len(body)
             body += clean_text.encode("utf-8")
         record = json.dumps(header, ensure_ascii=False).encode() + b"\n" + body
+        self._append(split, record, header.get("cut", len(body)), doc_hash, bands, passed)
+
+    def _append(self, split: SplitName, record: bytes, text_bytes: int, doc_hash: int, bands: np.ndarray,
+                passed: bool) -> None:
         self._files[split, "records"].write(record)
         self._position[split] += len(record)
         self._files[split, "offsets"].write(np.int64(self._position[split]).tobytes())
@@ -58,7 +72,28 @@ class StagingArea:
         self._files[split, "bands"].write(bands.astype(np.uint64, copy=False).tobytes())
         self._files[split, "passed"].write(np.uint8(passed).tobytes())
         self.documents[split] += 1
-        self.bytes[split] += header.get("cut", len(body))
+        self.bytes[split] += text_bytes
+
+    def regroup(self, split_of: Callable[[int], SplitName]) -> None:
+        """Move every staged held-out document to `split_of(its hash)`; records are copied, not parsed again."""
+        old = {}
+        for split in HELD_OUT:
+            old[split] = (self.offsets(split), self.hashes(split), self.bands(split), self.passed(split))
+            for kind in KINDS:
+                (self.directory / f"{split}.{kind}").rename(self.directory / f"{split}.{kind}.old")
+            self._position[split] = self.documents[split] = self.bytes[split] = 0
+        self._cache.clear()
+        for split in SPLITS:
+            self._open(split, "ab" if split == "train" else "wb")
+        for split, (offsets, hashes, bands, passed) in old.items():
+            with (self.directory / f"{split}.records.old").open("rb") as handle:
+                for index, doc_hash in enumerate(hashes):
+                    record = handle.read(int(offsets[index + 1] - offsets[index]))
+                    self._append(split_of(int(doc_hash)), record, _text_bytes(record), int(doc_hash),
+                                 bands[index], bool(passed[index]))
+        self.finish()
+        for path in self.directory.glob("*.old"):
+            path.unlink()
 
     def finish(self) -> None:
         for handle in self._files.values():
@@ -101,6 +136,12 @@ class StagingArea:
             for index in np.flatnonzero(keep):
                 handle.seek(int(offsets[index]))
                 yield _parse(handle.read(int(offsets[index + 1] - offsets[index]))).text
+
+
+def _text_bytes(record: bytes) -> int:
+    header_bytes, _, body = record.partition(b"\n")
+    cut = json.loads(header_bytes).get("cut")
+    return len(body) if cut is None else cut
 
 
 def _parse(record: bytes) -> StagedDoc:

@@ -4,6 +4,7 @@ Layout of a dataset directory:
 
     manifest.json                 counts, bytes, tokens, tokenizer, resolved config, fingerprints, version
     tokenizer.json                Hugging Face `tokenizers` file
+    contamination.jsonl           held-out documents n-gram decontamination flagged (if any), with covered shares
     validation/, test/            held-out splits
     train/<variant>/              one directory per train variant (e.g. `raw`)
 

@@ -29,6 +29,8 @@ def funnel_table(manifest: dict[str, Any]) -> Table:
     for reason, info in funnel["filtered"].items():
         table.add_row(f"  filter {reason}", f"{info['documents']:,}",
                       f"{_mb(info['bytes'])}, kept in raw variants only")
+    for rule, count in funnel.get("decontamination", {}).items():
+        table.add_row(f"  contaminated: {rule}", f"{count:,}", "held-out documents the rule flags")
     for step, count in funnel["removed"].items():
         table.add_row(f"  removed: {step}", f"-{count:,}", "")
     for name, info in _views(manifest):
@@ -72,13 +74,19 @@ def summary_tables(manifest: dict[str, Any]) -> list[Table]:
 
 
 def examples_table(manifest: dict[str, Any]) -> Table:
-    table = Table(title="Examples dropped by each filter rule", header_style="bold", show_lines=True)
+    table = Table(title="Examples dropped by each filter rule, and held-out documents overlapping train",
+                  header_style="bold", show_lines=True)
     table.add_column("rule")
     table.add_column("document")
     table.add_column("excerpt", overflow="fold")
     for reason, examples in manifest["stats"]["filtered_examples"].items():
         for example in examples:
             table.add_row(reason, example["id"], example["excerpt"].replace("\n", "⏎ ")[:160])
+    ngram = manifest["config"].get("decontaminate", {}).get("ngram")
+    for example in manifest["stats"].get("contamination_examples", []):
+        overlap = f" with train {example['train_id']}" if example["train_id"] else ""
+        table.add_row(f"{ngram}-gram overlap ({example['split']})", example["id"],
+                      f"{example['covered']:.1%} of its words in n-grams shared{overlap}")
     return table
 
 

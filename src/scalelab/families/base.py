@@ -20,7 +20,7 @@ from scalelab.config import StrictModel
 from scalelab.models.accounting import flops_per_token, logits
 from scalelab.models.size import SizedConfig
 from scalelab.study import ladder
-from scalelab.train.duration import duration
+from scalelab.train.duration import duration, windows
 
 if TYPE_CHECKING:
     from scalelab.data.store import TokenStore
@@ -46,6 +46,10 @@ class ModelFamily(ABC):
     card_library: ClassVar[str] = "scalelab"
     card_tags: ClassVar[tuple[str, ...]] = ()
     card_loading: ClassVar[str]
+    # Whether a run may see its tokens more than once (unique_tokens < tokens). A model counted from its data in
+    # one pass cannot: repeating the stream only multiplies its counts. Such a family is refused repeated data,
+    # and studies skip its runs with U < D.
+    repeats_data: ClassVar[bool] = True
 
     # -- sizes ----------------------------------------------------------------------------------------------------
     @abstractmethod
@@ -61,8 +65,10 @@ class ModelFamily(ABC):
         """The fields of this family's config that a size label (a preset, or `--size` on the command line) sets."""
 
     @abstractmethod
-    def hyperparameters(self, size: str, tokens: int, context_length: int) -> dict[str, Any]:
-        """TrainConfig fields for one study run at `size` on `tokens` training tokens (study/ladder.py's rules)."""
+    def hyperparameters(self, size: str, tokens: int, context_length: int, *, min_steps: int = ladder.MIN_STEPS,
+                        regime: str = "single-pass") -> dict[str, Any]:
+        """TrainConfig fields for one study run at `size` on `tokens` training tokens (study/ladder.py's rules),
+        aiming at `min_steps` optimizer steps under `regime`."""
 
     def identity(self, content: dict[str, Any]) -> dict[str, Any]:
         """The TrainConfig fields (JSON) that decide this family's result; the rest do not enter the run id."""
@@ -72,10 +78,22 @@ class ModelFamily(ABC):
         """The model's size for people, from its run result."""
         return f"N = {outcome['N']:,} non-embedding parameters, {outcome['params']:,} in all"
 
+    # -- what a run measures --------------------------------------------------------------------------------------
+    def data_seen(self, config: TrainConfig) -> tuple[int, int]:
+        """(D, U) of a run: the tokens it is trained on, repeats counted, and the unique tokens among them. Here the
+        config's own: D tokens, drawn from U unique ones when `unique_tokens` is set."""
+        return config.tokens, config.unique_tokens or config.tokens
+
+    def unreliable(self, config: TrainConfig) -> str | None:
+        """Why a run of `config` measures something other than its data (too little training to mean anything),
+        or None when it can be trusted as a point on a curve."""
+        return None
+
     # -- cost -----------------------------------------------------------------------------------------------------
     @abstractmethod
-    def cost(self, config: TrainConfig, view_tokens: int) -> Cost:
-        """What a run of `config` on a training view of `view_tokens` tokens reads and computes."""
+    def cost(self, config: TrainConfig, view_tokens: int, vocab_size: int) -> Cost:
+        """What a run of `config` on a training view of `view_tokens` tokens, over a vocabulary of `vocab_size`,
+        reads and computes."""
 
     @abstractmethod
     def throughput(self, store: TokenStore, config: Any) -> float:
@@ -136,25 +154,63 @@ class NeuralFamily(ModelFamily):
     def size_fields(self, size: str) -> dict[str, Any]:
         return {"size": size}
 
-    def hyperparameters(self, size: str, tokens: int, context_length: int) -> dict[str, Any]:
-        context = min(context_length, tokens - 1)
-        return {self.name: {**self.size_fields(size), "context_length": context},
-                "batch_size": ladder.batch_size(tokens, context),
+    def hyperparameters(self, size: str, tokens: int, context_length: int, *, min_steps: int = ladder.MIN_STEPS,
+                        regime: str = "single-pass") -> dict[str, Any]:
+        # The study's context is kept even when D holds less than one window of it: the run then trains on a
+        # shorter one (train/duration.py's `windows`), and `unreliable` says so, rather than the config hiding it.
+        batch = ladder.batch_size(tokens, context_length, min_steps)
+        return {self.name: {**self.size_fields(size), "context_length": context_length},
+                "batch_size": batch,
+                **(ladder.converge_fields(tokens, context_length, batch, min_steps) if regime == "converge" else {}),
                 "optim": {"lr": ladder.learning_rate(self.name, size)},
                 "schedule": ladder.SCHEDULE}
 
-    def flops_per_token(self, config: SizedConfig) -> float:
-        """Kaplan et al.'s C per token for this config, counted on the meta device: no memory, any size."""
+    def data_seen(self, config: TrainConfig) -> tuple[int, int]:
+        """converge: D = U = the unique tokens, however many epochs early stopping takes; this is Kaplan et al.'s
+        (2020) and Hestness et al.'s (2017) L(D), measured at the best held-out loss on D tokens. A fixed duration
+        (single-pass, `epochs`, `steps` or `train_tokens`): D = the tokens the steps pass over, repeats counted, and
+        U = the unique tokens among them, so a run that sees its data more than once has U < D and is fitted by the
+        data-constrained law of Muennighoff et al. (2023), never as if its repeated tokens were fresh."""
+        unique = config.unique_tokens or config.tokens
+        if config.regime == "converge":
+            return unique, unique
+        per_epoch, context = windows(config.tokens, config.model.context_length)
+        passes = duration(config, config.tokens, config.model.context_length).tokens / (per_epoch * context)
+        seen = max(1, round(passes * config.tokens))
+        return seen, min(unique, seen)
+
+    def unreliable(self, config: TrainConfig) -> str | None:
+        """A run is unreliable when its context had to shrink below the configured one (D holds less than one
+        window), or when it has fewer than `min_steps` optimizer steps: a handful of steps measures the optimizer,
+        not the data (Kaplan et al. 2020 and Hoffmann et al. 2022 fit runs of thousands of steps). The context is
+        never shrunk to make up the steps, as the loss would then change with the context as well as with D."""
+        model = config.model
+        per_epoch, context = windows(config.tokens, model.context_length)
+        if context < model.context_length:
+            return (f"D = {config.tokens:,} tokens hold less than one window of the context ({model.context_length} "
+                    f"tokens), which shrinks to {context}")
+        if config.min_steps is None:
+            return None
+        steps = duration(config, config.tokens, model.context_length).steps
+        if steps >= config.min_steps:
+            return None
+        return (f"{steps} optimizer steps, fewer than min_steps = {config.min_steps}: D = {config.tokens:,} tokens "
+                f"make {per_epoch} windows of {context} tokens, {-(-per_epoch // config.batch_size)} steps per pass "
+                f"at batch size {config.batch_size}")
+
+    def flops_per_token(self, config: SizedConfig, vocab_size: int) -> float:
+        """Training FLOPs per token for this config over a vocabulary of `vocab_size` (the output layer counts),
+        counted on the meta device: no memory, any size."""
         with torch.device("meta"):
-            model = self.build(config, vocab_size=1)  # embeddings are not counted, so any vocabulary will do
+            model = self.build(config, vocab_size=vocab_size)
         return flops_per_token(model, config.context_length)
 
-    def cost(self, config: TrainConfig, view_tokens: int) -> Cost:
+    def cost(self, config: TrainConfig, view_tokens: int, vocab_size: int) -> Cost:
         model = config.model
         planned = duration(config, view_tokens, model.context_length)
         context = min(model.context_length, view_tokens - 1)
-        return Cost(planned.tokens, self.flops_per_token(model.model_copy(update={"context_length": context}))
-                    * planned.tokens)
+        per_token = self.flops_per_token(model.model_copy(update={"context_length": context}), vocab_size)
+        return Cost(planned.tokens, per_token * planned.tokens)
 
     def throughput(self, store: TokenStore, config: SizedConfig) -> float:
         """A few timed AdamW steps on 8 windows of the dataset's first tokens; the first warms up, the fastest of

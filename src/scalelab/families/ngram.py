@@ -16,6 +16,7 @@ from scalelab.deploy.export import deployed_tokenizer, write_config
 from scalelab.deploy.model import DeployedModel
 from scalelab.families.base import Cost, ModelFamily
 from scalelab.models.ngram import KneserNeyLM, NgramConfig
+from scalelab.study import ladder
 from scalelab.train.config import TrainConfig
 from scalelab.train.evaluate import EvalResult, EvalSet, result
 
@@ -59,6 +60,9 @@ class NgramFamily(ModelFamily):
     name = "ngram"
     config = NgramConfig
     evaluations = 1
+    # Repeating the stream multiplies every count, and with them the counts of counts that set the Kneser-Ney
+    # discounts: a tiled stream is not more data to a count model, only a wrong model.
+    repeats_data = False
     card_tags = ("kneser-ney", "arpa")
     card_loading = """`model.arpa` is an ARPA file over token ids (the words are the ids `tokenizer.json` assigns),
 which KenLM, SRILM or any ARPA reader loads."""
@@ -72,7 +76,8 @@ which KenLM, SRILM or any ARPA reader loads."""
     def size_fields(self, size: str) -> dict[str, Any]:
         return {"order": size}
 
-    def hyperparameters(self, size: str, tokens: int, context_length: int) -> dict[str, Any]:
+    def hyperparameters(self, size: str, tokens: int, context_length: int, *, min_steps: int = ladder.MIN_STEPS,
+                        regime: str = "single-pass") -> dict[str, Any]:
         return {self.name: {"order": int(size)}}
 
     def identity(self, content: dict[str, Any]) -> dict[str, Any]:
@@ -81,8 +86,8 @@ which KenLM, SRILM or any ARPA reader loads."""
     def parameters(self, outcome: dict[str, Any]) -> str:
         return f"{outcome['params']:,} n-grams"
 
-    def cost(self, config: TrainConfig, view_tokens: int) -> Cost:
-        return Cost(view_tokens, 0.0)
+    def cost(self, config: TrainConfig, view_tokens: int, vocab_size: int) -> Cost:
+        return Cost(config.unique_tokens or view_tokens, 0.0)
 
     def throughput(self, store: TokenStore, config: NgramConfig) -> float:
         """Tokens per second of fitting the dataset's first PROBE_TOKENS tokens."""
@@ -93,21 +98,23 @@ which KenLM, SRILM or any ARPA reader loads."""
         return len(tokens) / (time.perf_counter() - started)
 
     def train(self, job) -> dict[str, Any]:
-        config, view = job.config, job.view
+        config = job.config
+        # Only the U unique tokens are counted, never a repetition of them (TrainConfig refuses one already).
+        unique = job.store.subset(config.unique_tokens or config.tokens, config.variant)
         started = time.perf_counter()
-        model = KneserNeyLM.fit(view[0:len(view)], config.model.order, job.store.tokenizer.vocab_size)
+        model = KneserNeyLM.fit(unique[0:len(unique)], config.model.order, job.store.tokenizer.vocab_size)
         fit_seconds = time.perf_counter() - started
         model.save(job.run.model_dir)
         return {"eval": self.score(model, config, job.data, job.device).to_dict(), "N": None,
-                "params": sum(model.num_ngrams.values()), "order": config.model.order, "tokens_seen": len(view),
+                "params": sum(model.num_ngrams.values()), "order": config.model.order, "tokens_seen": len(unique),
                 "epochs": 1.0, "flops": 0.0, "fit_seconds": fit_seconds,
-                "tokens_per_s": len(view) / fit_seconds if fit_seconds else None}
+                "tokens_per_s": len(unique) / fit_seconds if fit_seconds else None}
 
     def load_trained(self, run, config: TrainConfig, vocab_size: int) -> KneserNeyLM:
         return KneserNeyLM.load(run.model_dir)
 
     def score(self, model: KneserNeyLM, config: TrainConfig, data: EvalSet, device: torch.device) -> EvalResult:
-        return result(float(-model.logprobs(data.stream).sum()), data)
+        return result(-model.logprobs(data.stream), data)
 
     def deployed(self, model: KneserNeyLM, config: TrainConfig, tokenizer: Tokenizer, name: str) -> NgramModel:
         return NgramModel(name, tokenizer, model)

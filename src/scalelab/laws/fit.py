@@ -10,10 +10,21 @@ answer: the optimiser works on coefficients centred at the mean log input (a - a
 which decorrelates a from alpha), and the "default" grid is screened by its objective values in one vectorised
 pass, with L-BFGS-B run from the best few starts only ("full" runs it from every start, as in the papers).
 
-Intervals come from a nonparametric bootstrap: points resampled with replacement (seeded), each resample refitted
-from the full-data optimum and two starts near it rather than from the whole grid, percentile intervals over the
-refits. Besiroglu et al. show why this matters: intervals as narrow as Hoffmann et al. reported would need far more
-runs than they trained.
+Intervals come from a nonparametric bootstrap (Efron & Tibshirani 1993, ch. 6 and 13), each resample refitted from
+the full-data optimum and two starts near it rather than from the whole grid, percentile intervals over the refits.
+Besiroglu et al. (2024) show why this matters: intervals as narrow as Hoffmann et al. reported would need far more
+runs than they trained. What is resampled follows the design (`Fit.resampling` says which was used):
+
+- "documents": every point was scored on the same held-out documents, so the held-out set is the error the points
+  share. Each resample draws the documents with replacement once and applies that one weighting to every point's
+  per-document NLL (a loss is sum(w nll) / sum(w tokens)), then refits. Where a design cell (the same N, D, U) holds
+  several runs (seeds), the runs are resampled within their cell too ("documents and seeds").
+- "points": without per-document results (a CSV, an older study), the points themselves are resampled with
+  replacement (the pairs bootstrap of Besiroglu et al. 2024).
+
+A points resample with too few distinct design points to identify the law (fewer than its parameter count + 1, or
+fewer than 3 values of an input a power law is fitted in) is rejected and redrawn, and counted; a refit that fails
+(no finite objective from any start) is dropped and counted, never replaced by the full-data optimum.
 
 `isoflop_fit` is Approach 2 (Hoffmann et al. 2022, §3.2): a parabola of loss against log N on each IsoFLOP slice,
 its minimum N_opt(C), then N_opt ∝ C^a and D_opt ∝ C^b by least squares in log space.
@@ -33,8 +44,8 @@ from threadpoolctl import threadpool_limits
 from scalelab.laws.forms import EXPONENTS, FORMS, LawFitError, LawForm
 from scalelab.laws.units import UNITS, Unit
 
-__all__ = ["Backtest", "Fit", "IsoFlopFit", "IsoFlopSlice", "LawFitError", "Unit", "backtest", "fit_law",
-           "isoflop_fit"]
+__all__ = ["Backtest", "Documents", "Fit", "Floor", "IsoFlopFit", "IsoFlopSlice", "LawFitError", "Unit", "backtest",
+           "fit_law", "floor", "isoflop_fit"]
 
 GRIDS = ("default", "full")
 SCREENED_STARTS = 8  # "default" grid: L-BFGS-B from this many of the best grid points
@@ -46,6 +57,55 @@ ONE_VALUE_HINTS = {("chinchilla", "N"): "; with one model size fit 'data'",
                    ("chinchilla", "D"): "; with one data size fit 'model'",
                    ("data_constrained", "N"): "; with one model size fit 'data_constrained_D'"}
 SLICE_TOLERANCE = 0.1  # runs whose compute is within 10% of a slice's smallest share that IsoFLOP slice
+MAX_REDRAWS = 100  # a degenerate bootstrap resample is redrawn at most this many times before the refit counts failed
+# A floor E below this share of the smallest measured loss cannot be told from no floor at all.
+FLOOR_NEGLIGIBLE = 0.01
+# The measured losses approach the floor when, at the best of them, the floor is at least this share of the loss: the
+# local log-log slope -beta (L - E) / L has then fallen to half the power law's or less (Hestness et al. 2017, Fig. 1,
+# the bend into the irreducible-error region).
+FLOOR_BEND = 0.5
+RESAMPLING = {"points": "points resampled with replacement (pairs bootstrap; Besiroglu et al. 2024)",
+              "documents": "held-out documents resampled jointly across all points",
+              "documents and seeds": "held-out documents resampled jointly across all points, and seeds within "
+                                     "each design point"}
+
+
+@dataclass(frozen=True, eq=False)
+class Documents:
+    """Per-document held-out results of every point, aligned: column j is the same document at every point.
+
+    A point's loss under document weights w is its reported loss times sum(w nll) / sum(w size), relative to the
+    same ratio with all weights 1, so the unweighted resample reproduces the reported loss exactly whatever its unit
+    (size counts tokens for nats per token, bytes for bits per byte)."""
+
+    nll: np.ndarray  # (n_points, n_documents), nats per document
+    size: np.ndarray  # (n_points, n_documents), tokens (or bytes) scored per document
+
+    def __post_init__(self) -> None:
+        nll, size = np.asarray(self.nll, dtype=float), np.asarray(self.size, dtype=float)
+        if nll.ndim != 2 or nll.shape != size.shape or nll.shape[1] < 2:
+            raise LawFitError(f"per-document results need matching (points, documents) arrays with 2 or more "
+                              f"documents, got {nll.shape} and {size.shape}")
+        if not (np.isfinite(nll).all() and np.isfinite(size).all() and (size >= 0).all()
+                and (size.sum(axis=1) > 0).all()):
+            raise LawFitError("per-document results must be finite, with non-negative sizes scoring some tokens")
+        object.__setattr__(self, "nll", nll)
+        object.__setattr__(self, "size", size)
+
+    def rows(self, keep: np.ndarray) -> Documents:
+        return Documents(self.nll[keep], self.size[keep])
+
+    def losses(self, loss: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """(n_resamples, n_points) losses under the document weights (n_resamples, n_documents)."""
+        base = self.nll.sum(axis=1) / self.size.sum(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return loss * (weights @ self.nll.T) / (weights @ self.size.T) / base
+
+    def standard_errors(self, loss: np.ndarray, resamples: int = 200, seed: int = 0) -> np.ndarray:
+        """Each point's bootstrap standard error over documents."""
+        n = self.nll.shape[1]
+        weights = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=resamples).astype(float)
+        return np.nanstd(self.losses(loss, weights), axis=0, ddof=1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,6 +124,9 @@ class Fit:
     objective: float  # sum of Huber losses of the log residuals at the optimum
     rmse_log: float
     r2: float  # of log loss
+    resampling: str = "points"  # a key of RESAMPLING: what the bootstrap resampled
+    bootstrap_failed: int = 0  # refits that failed (dropped: `samples` holds the others)
+    bootstrap_rejected: int = 0  # degenerate resamples (too few distinct points) redrawn
 
     @property
     def law(self) -> LawForm:
@@ -89,7 +152,46 @@ class Fit:
                 "intervals": {name: list(bounds) for name, bounds in self.intervals.items()},
                 "level": self.level, "n_points": len(self.loss), "n_bootstrap": len(self.samples),
                 "huber_delta": self.huber_delta, "objective": self.objective, "rmse_log": self.rmse_log,
-                "r2": self.r2, "ranges": {name: [float(v.min()), float(v.max())] for name, v in self.X.items()}}
+                "r2": self.r2, "ranges": {name: [float(v.min()), float(v.max())] for name, v in self.X.items()},
+                "resampling": self.resampling, "resampling_text": RESAMPLING[self.resampling],
+                "bootstrap_failed": self.bootstrap_failed, "bootstrap_rejected": self.bootstrap_rejected}
+
+
+@dataclass(frozen=True)
+class Floor:
+    """What the data say about the irreducible loss E (Hestness et al. 2017, Fig. 1, the irreducible-error region).
+
+    identified: E's interval lies clear of 0 (its lower end, and the estimate, above FLOOR_NEGLIGIBLE of the smallest
+    measured loss). approached: identified, and at the best measured loss the floor is at least FLOOR_BEND of it, so
+    the curve has visibly bent towards it. A floor is *visible* only when both hold."""
+
+    value: float
+    low: float
+    high: float
+    level: float
+    identified: bool
+    approached: bool
+
+    @property
+    def visible(self) -> bool:
+        return self.identified and self.approached
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value if self.identified else None, "low": self.low, "high": self.high,
+                "level": self.level, "identified": self.identified, "approached": self.approached,
+                "visible": self.visible}
+
+
+def floor(fit: Fit) -> Floor | None:
+    """The verdict on the fit's floor E; None without bootstrap draws (no interval, so nothing can be said)."""
+    if "E" not in fit.intervals:
+        return None
+    low, high = fit.intervals["E"]
+    value, best = fit.params["E"], float(fit.loss.min())
+    negligible = FLOOR_NEGLIGIBLE * best
+    identified = bool(value > negligible and low > negligible)
+    approached = bool(identified and value >= FLOOR_BEND * best)
+    return Floor(value=value, low=low, high=high, level=fit.level, identified=identified, approached=approached)
 
 
 class _Objective:
@@ -108,6 +210,13 @@ class _Objective:
         for coef, exponent, name in law.terms:
             self.M[law.params.index(coef), law.params.index(exponent)] = self.Z[name].mean()
         self.bounds = law.bounds()
+
+    def with_loss(self, loss: np.ndarray) -> _Objective:
+        """The same law and points with other losses (a resample of the held-out documents)."""
+        other = object.__new__(_Objective)
+        other.__dict__.update(self.__dict__)
+        other.y = np.log(loss)
+        return other
 
     def huber(self, residual: np.ndarray) -> np.ndarray:
         size = np.abs(residual)
@@ -222,21 +331,69 @@ def _check_settings(unit: str, huber_delta: float, bootstrap: int, level: float,
 
 def fit_law(form: str, X: Mapping[str, np.ndarray], loss: np.ndarray, *, unit: Unit = "nats",
             huber_delta: float = 1e-3, bootstrap: int = 200, level: float = 0.9, seed: int = 0,
-            grid: str = "default") -> Fit:
+            grid: str = "default", documents: Documents | None = None) -> Fit:
     """Fit the law `form` (a key of FORMS) to losses at the points X (arrays named by the law's inputs: N
     parameters, D tokens trained on including repeats, U unique tokens).
 
     bootstrap: resamples for the intervals (0 for none). grid: "default" screens the grid of initialisations and
     optimises from its best few points; "full" optimises from every grid point (slow; for checking).
+    documents: the points' per-document held-out results, for the document-level bootstrap (module docstring);
+    without them the points are resampled.
     """
     # L-BFGS-B makes many tiny BLAS calls; BLAS threads spinning up for each made a 200-resample fit take 10 s
     # instead of 0.8 s on a busy 2-core machine.
     with threadpool_limits(limits=1, user_api="blas"):
-        return _fit_law(form, X, loss, unit, huber_delta, bootstrap, level, seed, grid)
+        return _fit_law(form, X, loss, unit, huber_delta, bootstrap, level, seed, grid, documents)
+
+
+class _Resampler:
+    """Bootstrap weights over the points, and losses under resampled documents, as the design calls for."""
+
+    def __init__(self, law: LawForm, X: Mapping[str, np.ndarray], loss: np.ndarray, documents: Documents | None,
+                 rng: np.random.Generator):
+        self.law, self.X, self.loss, self.rng = law, X, loss, rng
+        n = len(loss)
+        if documents is not None and documents.nll.shape[0] != n:
+            raise LawFitError(f"per-document results cover {documents.nll.shape[0]} points, but there are {n}")
+        self.documents = documents
+        # Runs with the same inputs are one design cell: replicates, which differ by seed.
+        design = np.column_stack([X[name] for name in law.inputs])
+        _, self.cell, counts = np.unique(design, axis=0, return_inverse=True, return_counts=True)
+        self.cell = self.cell.ravel()
+        self.counts = counts[self.cell]
+        self.order = np.argsort(self.cell, kind="stable")
+        self.first = (np.cumsum(counts) - counts)[self.cell]
+        self.seeds = bool((counts > 1).any())
+        self.need = min(len(law.params) + 1, len(counts))
+        self.need_values = {name: min(3, len(np.unique(X[name]))) for _, _, name in law.terms}
+        self.mode = "points" if documents is None else "documents and seeds" if self.seeds else "documents"
+
+    def weights(self) -> np.ndarray:
+        n = len(self.loss)
+        if self.documents is None:
+            return np.bincount(self.rng.integers(0, n, n), minlength=n).astype(float)
+        if not self.seeds:
+            return np.ones(n)
+        # Each cell's runs drawn with replacement from that cell: every design point stays.
+        pick = self.order[self.first + (self.rng.random(n) * self.counts).astype(int)]
+        return np.bincount(pick, minlength=n).astype(float)
+
+    def degenerate(self, weights: np.ndarray) -> bool:
+        drawn = weights > 0
+        if len(np.unique(self.cell[drawn])) < self.need:
+            return True
+        return any(len(np.unique(self.X[name][drawn])) < count for name, count in self.need_values.items())
+
+    def losses(self) -> np.ndarray | None:
+        if self.documents is None:
+            return None
+        n = self.documents.nll.shape[1]
+        counts = self.rng.multinomial(n, np.full(n, 1 / n)).astype(float)
+        return self.documents.losses(self.loss, counts[None])[0]
 
 
 def _fit_law(form: str, X: Mapping[str, np.ndarray], loss: np.ndarray, unit: Unit, huber_delta: float,
-             bootstrap: int, level: float, seed: int, grid: str) -> Fit:
+             bootstrap: int, level: float, seed: int, grid: str, documents: Documents | None) -> Fit:
     _check_settings(unit, huber_delta, bootstrap, level, grid)
     law, X, loss = _validated(form, X, loss)
     objective = _Objective(law, X, loss, huber_delta)
@@ -249,29 +406,56 @@ def _fit_law(form: str, X: Mapping[str, np.ndarray], loss: np.ndarray, unit: Uni
         raise LawFitError(f"the {form!r} law could not be fitted: the objective is not finite at any start")
 
     rng = np.random.default_rng(seed)
-    draws = np.empty((bootstrap, len(law.params)))
+    resampler = _Resampler(law, X, loss, documents, rng)
+    draws, failed, rejected = [], 0, 0
     scales = np.where([name in EXPONENTS for name in law.params], theta, 1.0)
-    for b in range(bootstrap):
-        weights = np.bincount(rng.integers(0, len(loss), len(loss)), minlength=len(loss)).astype(float)
+    for _ in range(bootstrap):
+        for _ in range(MAX_REDRAWS):
+            weights = resampler.weights()
+            if not resampler.degenerate(weights):
+                break
+            rejected += 1
+        else:
+            failed += 1  # no usable resample: the design is too thin to bootstrap
+            continue
+        resampled = resampler.losses()
+        target = objective
+        if resampled is not None:
+            if not (np.isfinite(resampled).all() and (resampled > 0).all()):
+                failed += 1
+                continue
+            target = objective.with_loss(resampled)
         # A log-scaled parameter moves by N(0, s); an exponent is multiplied by exp(N(0, s)), to first order.
         nearby = theta + scales * rng.normal(0.0, NEARBY_SCALE, (BOOTSTRAP_NEARBY, len(theta)))
-        draws[b] = law.from_theta(_best(objective, np.vstack([theta, nearby]), weights)[0])
+        refit, refit_value = _best(target, np.vstack([theta, nearby]), weights)
+        if not np.isfinite(refit_value) or not np.isfinite(refit).all():
+            failed += 1  # counted and dropped: never replaced by the full-data optimum
+            continue
+        draws.append(law.from_theta(refit))
+    draws = np.array(draws, dtype=float).reshape(-1, len(law.params))
 
     params = law.from_theta(theta)
     tail = (1 - level) / 2
     intervals = {name: (float(np.quantile(draws[:, i], tail)), float(np.quantile(draws[:, i], 1 - tail)))
-                 for i, name in enumerate(law.params)} if bootstrap else {}
+                 for i, name in enumerate(law.params)} if len(draws) else {}
     residual = law.log_loss(theta, objective.Z) - objective.y
     spread = ((objective.y - objective.y.mean()) ** 2).sum()
     return Fit(form=form, params={name: float(v) for name, v in zip(law.params, params, strict=True)},
                intervals=intervals, samples=draws, X=X, loss=loss, unit=unit, level=level, huber_delta=huber_delta,
                objective=objective.total(theta), rmse_log=float(np.sqrt(np.mean(residual**2))),
-               r2=float(1 - (residual**2).sum() / spread) if spread > 0 else float("nan"))
+               r2=float(1 - (residual**2).sum() / spread) if spread > 0 else float("nan"),
+               resampling=resampler.mode, bootstrap_failed=failed, bootstrap_rejected=rejected)
 
 
 @dataclass(frozen=True, eq=False)
 class Backtest:
-    """A law fitted on the smallest values of `by`, judged on its predictions of the largest."""
+    """A law fitted on the smallest values of `by`, judged on its predictions of the largest.
+
+    Besides the error relative to the loss, the error relative to the reducible loss L - E (E the backtest fit's
+    floor): a law can predict 1% of the total loss while missing most of what more data would still gain (Hoffmann
+    et al. 2022 and Besiroglu et al. 2024 judge fits by what they extrapolate). With bootstrap draws, whether each
+    held-out loss lies inside the fit's band at `level`, and the share that does (the coverage). The band is that of
+    the fitted curve, so a coverage well below `level` says the law, not the noise, misses."""
 
     by: str
     fitted_on: int  # points fitted
@@ -281,19 +465,61 @@ class Backtest:
     abs_rel_error: np.ndarray  # |predicted - actual| / actual
     mean_abs_rel_error: float
     max_abs_rel_error: float
+    E: float = float("nan")  # the backtest fit's floor
+    reducible_abs_rel_error: np.ndarray | None = None  # |predicted - actual| / (actual - E); nan where actual <= E
+    band_low: np.ndarray | None = None  # the fit's band at the held-out points (nan without draws)
+    band_high: np.ndarray | None = None
+    level: float = float("nan")
+    resampling: str = "points"
+
+    @property
+    def inside(self) -> np.ndarray:
+        if self.band_low is None or self.band_high is None:
+            return np.zeros(len(self.actual), dtype=bool)
+        return (self.band_low <= self.actual) & (self.actual <= self.band_high)
+
+    @property
+    def coverage(self) -> float:
+        """The share of held-out points inside the band; nan without bootstrap draws."""
+        if self.band_low is None or np.isnan(self.band_low).all():
+            return float("nan")
+        return float(self.inside.mean())
+
+    @property
+    def mean_reducible_abs_rel_error(self) -> float:
+        return _nanstat(np.nanmean, self.reducible_abs_rel_error)
+
+    @property
+    def max_reducible_abs_rel_error(self) -> float:
+        return _nanstat(np.nanmax, self.reducible_abs_rel_error)
 
     def to_dict(self) -> dict[str, Any]:
+        def listed(values: np.ndarray | None) -> list[float | None] | None:
+            return None if values is None else [None if np.isnan(v) else float(v) for v in values]
+
         return {"by": self.by, "fitted_on": self.fitted_on, "held_out": self.held_out.tolist(),
                 "predicted": self.predicted.tolist(), "actual": self.actual.tolist(),
                 "abs_rel_error": self.abs_rel_error.tolist(), "mean_abs_rel_error": self.mean_abs_rel_error,
-                "max_abs_rel_error": self.max_abs_rel_error}
+                "max_abs_rel_error": self.max_abs_rel_error, "E": self.E,
+                "reducible_abs_rel_error": listed(self.reducible_abs_rel_error),
+                "mean_reducible_abs_rel_error": self.mean_reducible_abs_rel_error,
+                "max_reducible_abs_rel_error": self.max_reducible_abs_rel_error,
+                "band_low": listed(self.band_low), "band_high": listed(self.band_high),
+                "inside_band": self.inside.tolist(), "coverage": self.coverage, "level": self.level,
+                "resampling": self.resampling}
+
+
+def _nanstat(stat: Any, values: np.ndarray | None) -> float:
+    if values is None or np.isnan(values).all():
+        return float("nan")
+    return float(stat(values))
 
 
 def backtest(form: str, X: Mapping[str, np.ndarray], loss: np.ndarray, *, by: str = "D",
-             holdout: int | float = 0.25, **fit_kwargs: Any) -> Backtest:
+             holdout: int | float = 0.25, documents: Documents | None = None, **fit_kwargs: Any) -> Backtest:
     """Hold out the points at the largest `holdout` distinct values of `by` (a count, or a fraction of the
     distinct values, at least one), fit `form` on the rest, and measure the errors of its predictions.
-    fit_kwargs go to fit_law; bootstrap defaults to 0 here, since only the point fit predicts."""
+    fit_kwargs go to fit_law; bootstrap defaults to 0 here (no band, no coverage); pass a count for them."""
     law, arrays, loss = _validated(form, X, loss)
     if by not in law.inputs:
         raise LawFitError(f"cannot backtest by {by!r}: the {form!r} law's inputs are {', '.join(law.inputs)}")
@@ -311,13 +537,22 @@ def backtest(form: str, X: Mapping[str, np.ndarray], loss: np.ndarray, *, by: st
                           "at least one must be held out and at least one kept")
     held = arrays[by] >= distinct[-count]
     fit_kwargs.setdefault("bootstrap", 0)
-    fit = fit_law(form, {name: v[~held] for name, v in arrays.items()}, loss[~held], **fit_kwargs)
-    predicted = fit.predict({name: v[held] for name, v in arrays.items()})
+    fit = fit_law(form, {name: v[~held] for name, v in arrays.items()}, loss[~held],
+                  documents=None if documents is None else documents.rows(~held), **fit_kwargs)
+    at = {name: v[held] for name, v in arrays.items()}
+    predicted = fit.predict(at)
     actual = loss[held]
     error = np.abs(predicted - actual) / actual
+    E = fit.params["E"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        reducible = np.where(actual > E, np.abs(predicted - actual) / (actual - E), np.nan)
+    band_low = band_high = np.full(len(actual), np.nan)
+    if len(fit.samples):
+        band_low, band_high = fit.predict_interval(at)
     return Backtest(by=by, fitted_on=int((~held).sum()), held_out=np.flatnonzero(held), predicted=predicted,
                     actual=actual, abs_rel_error=error, mean_abs_rel_error=float(error.mean()),
-                    max_abs_rel_error=float(error.max()))
+                    max_abs_rel_error=float(error.max()), E=E, reducible_abs_rel_error=reducible,
+                    band_low=band_low, band_high=band_high, level=fit.level, resampling=fit.resampling)
 
 
 @dataclass(frozen=True)

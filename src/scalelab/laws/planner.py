@@ -467,6 +467,72 @@ def effective_data_multiplier(base: Fit, other: Fit, D: float, *, base_label: st
     return _answer(multiplier, base.level, "number", template)
 
 
+CROSSOVER_GRID = 512  # log-spaced D at which two curves are compared, per parameter set
+
+
+@dataclass(frozen=True)
+class Crossover(Answer):
+    """The D from which `winner` has the lower loss than `loser` for good (value), with an interval over the
+    paired bootstrap draws of both fits. value is the lower end of the range searched when the winner is better
+    throughout it, and infinite when it is not better at its top (no crossover in or near the measured range)."""
+
+    winner: str = ""
+    loser: str = ""
+    searched: tuple[float, float] = (math.nan, math.nan)  # the range of D searched
+    bounded: bool = False  # whether the statement's interval is finite, so that it may be stated as a finding
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "winner": self.winner, "loser": self.loser, "searched": list(self.searched),
+                "bounded": self.bounded}
+
+
+def crossover(a: Fit, b: Fit, *, D_low: float, D_high: float, far: float, label_a: str = "A",
+              label_b: str = "B") -> Crossover:
+    """From which D the fitted L(D) of one curve lies below the other's for good: the crossover of two learning
+    curves (e.g. two families' envelopes; Hestness et al. 2017 compare model classes by their curves).
+
+    The curves are compared on a log grid from D_low (the smallest D measured) to `far` x D_high (the largest); the
+    winner is the curve lower at the top of that range by the point estimate. Each parameter set's crossover is the
+    smallest grid D from which the winner stays lower: D_low when it is lower throughout, infinite when it is not
+    lower at the top. The interval comes from the two fits' draws paired (as in effective_data_multiplier).
+    """
+    problems = [f"{name}: crossover needs data laws L(D), not a {fit.form} fit"
+                for name, fit in (("a", a), ("b", b)) if fit.form != "data"]
+    if a.unit != b.unit:
+        problems.append(f"b: its loss is in {b.unit}, a's in {a.unit}")
+    if problems:
+        raise PlannerError("; ".join(problems))
+    _require_positive(D_low=D_low, D_high=D_high, far=far)
+    top = far * D_high
+    grid = np.geomspace(D_low, top, CROSSOVER_GRID)
+    pa, pb = _paired(_parameters(a), _parameters(b))
+
+    def losses(p: dict[str, np.ndarray]) -> np.ndarray:
+        return p["E"][:, None] + p["B"][:, None] * grid[None, :] ** -p["beta"][:, None]
+
+    diff = losses(pa) - losses(pb)  # < 0 where a is lower
+    a_wins = bool(diff[0, -1] < 0)
+    winner, loser = (label_a, label_b) if a_wins else (label_b, label_a)
+    lower = diff < 0 if a_wins else diff > 0
+    # The first grid index from which the winner stays lower to the top: after the last index where it is not.
+    not_lower = ~lower
+    last = np.where(not_lower.any(axis=1), CROSSOVER_GRID - 1 - np.argmax(not_lower[:, ::-1], axis=1), -1)
+    values = np.where(last == CROSSOVER_GRID - 1, np.inf, grid[np.minimum(last + 1, CROSSOVER_GRID - 1)])
+    low, high = _interval(values[1:], a.level)
+    value = float(values[0])
+    horizon = f"{format_tokens(top)} tokens, {_plain(far)}x the largest D measured"
+    if value <= D_low:
+        template = (f"{winner} has the lower loss than {loser} throughout the measured range and up to {horizon} "
+                    f"in the fitted laws: no crossover lies in or near the measured range")
+        bounded = not math.isnan(high) and high <= D_low
+    else:
+        template = (f"{winner} overtakes {loser} from about {{value}} tokens{{interval}} of training data, "
+                    f"and stays ahead up to {horizon}")
+        bounded = math.isfinite(high) and not math.isnan(low)
+    return Crossover(value, low, high, a.level, "count", template, winner=winner, loser=loser,
+                     searched=(float(D_low), float(top)), bounded=bounded)
+
+
 def _paired(base: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> tuple[dict, dict]:
     """Both fits' parameter arrays with draws side by side: as they are when the counts match, else resampled."""
     n_base, n_other = len(base["E"]) - 1, len(other["E"]) - 1

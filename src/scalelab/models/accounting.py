@@ -1,8 +1,9 @@
-"""What scaling laws count of a neural model: N (non-embedding parameters) and training FLOPs per token, and the
-one call that reads logits from any of them.
+"""What scaling laws count of a neural model: N (non-embedding parameters), its total parameters, training FLOPs
+per token, and the one call that reads logits from any of them.
 
-N follows Kaplan et al. (2020) and Hoffmann et al. (2022): every parameter except the token embedding and an
-untied output layer.
+N follows Kaplan et al. (2020): every parameter except the token embedding and an untied output layer. Hoffmann
+et al. (2022) count every parameter instead, embeddings included: that is `total_params`, which a run records as
+`params` beside N, so a fit can use either convention.
 """
 
 from __future__ import annotations
@@ -31,15 +32,24 @@ def attention_width(model: nn.Module) -> int:
     return config.num_hidden_layers * config.num_attention_heads * config.head_dim
 
 
-def flops_per_token(model: nn.Module, context_length: int) -> float:
-    """Training FLOPs per token: forward 2N + 2 n_layer n_ctx d_attn, backward twice that (Kaplan et al. 2020,
-    Table 1), so C = 6N + 6 n_layer n_ctx d_attn.
+def output_layer_width(model: nn.Module) -> int:
+    """d_model x V: the multiply-adds of the output layer (the unembedding) per token, tied or not."""
+    return model.get_output_embeddings().weight.numel()
 
-    As there, embedding lookups and the output layer (2 d_model V forward) are left out. For an LSTM the estimate
-    is 6N: one multiply-add per weight per token forward and two backward, leaving out the gates' elementwise
-    arithmetic (O(d_hidden) per layer, small next to O(d_hidden^2)).
+
+def flops_per_token(model: nn.Module, context_length: int) -> float:
+    """Training FLOPs per token: forward 2N + 2 n_layer n_ctx d_attn + 2 d_model V, backward twice that, so
+    C = 6N + 6 n_layer n_ctx d_attn + 6 d_model V.
+
+    The first two terms are Kaplan et al. (2020, Table 1). Kaplan leave out the output layer; Hoffmann et al.
+    (2022, Appendix F) count it, and so does this: at small widths and a real vocabulary it costs several times
+    6N per token, so leaving it out would understate the compute of exactly the models a small study trains.
+    Embedding lookups remain uncounted (no multiply-adds). For an LSTM the recurrent part is 6N: one multiply-add
+    per weight per token forward and two backward, leaving out the gates' elementwise arithmetic (O(d_hidden) per
+    layer, small next to O(d_hidden^2)).
     """
-    return 6.0 * non_embedding_params(model) + 6.0 * context_length * attention_width(model)
+    return (6.0 * non_embedding_params(model) + 6.0 * context_length * attention_width(model)
+            + 6.0 * output_layer_width(model))
 
 
 def logits(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:

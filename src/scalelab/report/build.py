@@ -25,7 +25,7 @@ import numpy as np
 from scalelab import __version__
 from scalelab.errors import ScalelabError
 from scalelab.io import check_replaceable, publish_directory
-from scalelab.laws.analysis import LOSS_COLUMN, Analysis, analyse, load_points
+from scalelab.laws.analysis import LOSS_COLUMN, Analysis, _unreliable, analyse, load_points
 from scalelab.laws.forms import FORMS
 from scalelab.laws.planner import format_tokens
 from scalelab.laws.units import Unit
@@ -92,9 +92,15 @@ def build_report(study_dir: Path, out: Path | None = None, *, unit: Unit = "bits
     return Report(out / "index.html", analysis)
 
 
-def _group(points: Any, family: str, variant: str) -> Any:
-    """A group's points as `analyse` fitted them, in the same order, so that backtest indices refer to them."""
-    return points[(points["family"] == family) & (points["variant"] == variant)].reset_index(drop=True)
+def _group(points: Any, family: str, variant: str, size: str | None = None, analysis: Analysis | None = None) -> Any:
+    """A group's points as `analyse` fitted them, in the same order, so that backtest indices refer to them: one
+    size's when the family was split by size, without the runs it left out as unreliable."""
+    rows = points[(points["family"] == family) & (points["variant"] == variant)]
+    if size is not None:
+        rows = rows[rows["size"].astype(str) == size]
+    if analysis is not None and not analysis.include_unreliable and "reliable" in rows.columns:
+        rows = rows[~_unreliable(rows)]
+    return rows.reset_index(drop=True)
 
 
 def _series(points: Any, analysis: Analysis, unit: Unit) -> dict[str, list[plots.Series]]:
@@ -104,8 +110,8 @@ def _series(points: Any, analysis: Analysis, unit: Unit) -> dict[str, list[plots
     column = LOSS_COLUMN[unit]
     panels: dict[str, list[plots.Series]] = {}
     for entry in analysis.groups:
-        family, variant = entry.family, entry.variant
-        group = _group(points, family, variant)
+        family, variant = entry.name, entry.variant
+        group = _group(points, entry.family, variant, entry.size, analysis)
         held = np.zeros(len(group), dtype=bool)
         predicted = np.full(len(group), np.nan)
         if fitted and entry.backtest is not None:
@@ -138,7 +144,9 @@ def _comparisons(points: Any, analysis: Analysis) -> list[plots.Comparison]:
     comparisons = []
     for item in analysis.multipliers:
         family, base, other, answer = item.family, item.base, item.other, item.answer
-        means = [_group(points, family, v).groupby("D")[column].mean() for v in (base, other)]
+        entries = {g.variant: g for g in analysis.groups if g.name == family}
+        means = [_group(points, entries[v].family, v, entries[v].size, analysis).groupby("D")[column].mean()
+                 for v in (base, other)]
         shared = means[0].index.intersection(means[1].index)
         note = (f"effective-data multiplier at {format_tokens(item.D)}: {answer.value:.2f}× "
                 f"({answer.low:.2f}–{answer.high:.2f})")
@@ -204,6 +212,8 @@ def _rows(runs: Any) -> list[dict[str, Any]]:
 
     columns = ["id", "status", "family", "size", "variant", "D", "U", "seed", "loss", "perplexity", "bits_per_byte",
                "tokens_seen", "epochs", "flops", "N", "params", "wall_seconds", "error"]
+    # Standard errors of the losses and the reliability mark, where the study recorded them.
+    columns += [c for c in ("loss_se", "bits_per_byte_se", "reliable") if c in runs.columns]
     return [{c: None if pd.isna(value) else value for c, value in row.items()}
             for row in runs[columns].to_dict("records")]
 

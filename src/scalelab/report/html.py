@@ -167,9 +167,13 @@ def _headline(analysis: dict[str, Any]) -> str:
     """The planner's sentences: those that compare groups first, then a card per (family, variant)."""
     cards = []
     for group in analysis["groups"]:
-        answers = group.get("answers", {}).values()
-        sentences = [a["sentence"] for a in answers if isinstance(a, dict) and "sentence" in a]
-        cards.append((f"{group['family']} · {group['variant']}", sentences or [f"no fit: {group.get('error', '')}"]))
+        if "findings" in group:  # only what the data support: numbers with bounded intervals, identified floors
+            sentences = list(group["findings"])
+        else:
+            answers = group.get("answers", {}).values()
+            sentences = [a["sentence"] for a in answers if isinstance(a, dict) and "sentence" in a]
+        title = f"{group.get('name', group['family'])} · {group['variant']}"
+        cards.append((title, sentences or [f"no fit: {group.get('error') or 'no finding the data support'}"]))
     shown = {s for _, sentences in cards for s in sentences}
     across = [s for s in analysis["sentences"] if s not in shown]
     if across:
@@ -229,21 +233,30 @@ def _law(form: str) -> str:
 def _fits(analysis: dict[str, Any]) -> str:
     rows = []
     for group in analysis["groups"]:
-        name = [escape(group["family"]), escape(group["variant"])]
+        name = [escape(group.get("name", group["family"])), escape(group["variant"])]
         if "fit" not in group:
             rows.append([*name, _law(group["form"]), count(group["points"]),
                          f"no fit: {escape(group['error'])}", MISSING, MISSING])
             continue
         fit = group["fit"]
-        params = "<br>".join(
-            f"{PARAMETER_NAMES.get(p, escape(p))} = {number(v)}"
-            + (f" ({number(fit['intervals'][p][0])}–{number(fit['intervals'][p][1])})" if p in fit["intervals"]
-               else "") for p, v in fit["params"].items())
+        params = "<br>".join(_parameter(p, v, fit, group.get("floor")) for p, v in fit["params"].items())
         quality = f"RMSE of log loss {number(fit['rmse_log'])}<br>R² {number(fit['r2'])}"
+        if fit.get("n_bootstrap") or fit.get("bootstrap_failed"):
+            quality += f"<br>bootstrap: {escape(fit.get('resampling_text', 'points resampled'))}"
+            if fit.get("bootstrap_failed"):
+                quality += f"; {fit['bootstrap_failed']} refits failed and were dropped"
+            if fit.get("bootstrap_rejected"):
+                quality += f"; {fit['bootstrap_rejected']} degenerate resamples redrawn"
+        if group.get("excluded_unreliable"):
+            quality += f"<br>{group['excluded_unreliable']} unreliable run(s) left out"
         backtest = group.get("backtest")
         held = (f"fitted on the {backtest['fitted_on']} smallest, {len(backtest['held_out'])} held out<br>"
                 f"mean error {backtest['mean_abs_rel_error']:.1%}, max {backtest['max_abs_rel_error']:.1%}"
                 if backtest else "too few data sizes")
+        if backtest and backtest.get("mean_reducible_abs_rel_error") is not None:
+            held += f"<br>{backtest['mean_reducible_abs_rel_error']:.1%} of the reducible loss L − E"
+        if backtest and backtest.get("coverage") is not None:
+            held += f"<br>{backtest['coverage']:.0%} inside the {backtest['level']:.0%} band"
         rows.append([*name, _law(fit["form"]), count(fit["n_points"]), f"<span class=nowrap>{params}</span>", quality,
                      held])
     head = ["family", "variant", "law", "points", f"parameters ({analysis['level']:.0%} interval)", "fit quality",
@@ -252,6 +265,21 @@ def _fits(analysis: dict[str, Any]) -> str:
             f"in {UNIT_TEXT[analysis['unit']]}. The backtest refits each law on the smaller three quarters of its "
             "data sizes and scores its predictions of the rest (absolute relative error).</p>")
     return _section("fits", note + _table(head, rows, numeric={3}))
+
+
+def _parameter(name: str, value: float, fit: dict[str, Any], verdict: dict[str, Any] | None) -> str:
+    """One fitted parameter with its interval; a floor E the data do not identify as a bound, never a value."""
+    shown = PARAMETER_NAMES.get(name, escape(name))
+    interval = fit["intervals"].get(name)
+    if name == "E" and (verdict is None or not verdict.get("identified")):
+        if verdict is None or interval is None:
+            return f"{shown}: not identified (no interval)"
+        return f"{shown} &lt; {number(interval[1])}: no floor visible"
+    return f"{shown} = {number(value)}" + (f" ({number(interval[0])}–{number(interval[1])})" if interval else "")
+
+
+def _with_se(value: float | None, se: float | None) -> str:
+    return decimals(value) if se is None or value is None else f"{decimals(value)} ± {decimals(se)}"
 
 
 def _runs(runs: list[dict[str, Any]]) -> str:
@@ -266,12 +294,17 @@ def _runs(runs: list[dict[str, Any]]) -> str:
         if r["error"]:
             status = f'<span title="{escape(r["error"].strip().splitlines()[-1])}">{status}</span>'
         rows.append([escape(r["family"]), escape(r["size"]), escape(r["variant"]), count(r["D"]), count(r["U"]),
-                     str(r["seed"]), decimals(r["loss"]), decimals(r["bits_per_byte"]), count(r["tokens_seen"]),
+                     str(r["seed"]), _with_se(r["loss"], r.get("loss_se")),
+                     _with_se(r["bits_per_byte"], r.get("bits_per_byte_se")), count(r["tokens_seen"]),
                      MISSING if r["epochs"] is None else f"{r['epochs']:.3g}",
                      MISSING if r["flops"] is None else f"{r['flops']:.3g}", count(r["N"]),
                      duration(r["wall_seconds"]), status])
+        if r.get("reliable") is False:
+            rows[-1][-1] += " (unreliable: too few steps; left out of the fits)"
         classes.append("failed" if r["status"] == "failed" else "")
-    return _section("runs", _table(head, rows, numeric=set(range(3, 13)), row_classes=classes))
+    note = ('<p class="note">Losses are on the held-out split, ± their standard error from a bootstrap over '
+            "held-out documents.</p>" if any(r.get("loss_se") is not None for r in runs) else "")
+    return _section("runs", note + _table(head, rows, numeric=set(range(3, 13)), row_classes=classes))
 
 
 def _data(data: dict[str, Any]) -> str:

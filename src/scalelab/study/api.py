@@ -35,7 +35,8 @@ def open_dataset(spec: StudySpec, show_progress: bool = True) -> TokenStore:
 
 
 def plan_study(spec: StudySpec, *, probe: bool = True, show_progress: bool = True) -> list[RunRecord]:
-    return plan(spec, open_dataset(spec, show_progress), probe=probe)
+    quiet = {} if show_progress else {"notes": lambda note: None}
+    return plan(spec, open_dataset(spec, show_progress), probe=probe, **quiet)
 
 
 def run_study(spec: StudySpec, *, workers: int | None = None, backend: str | None = None,

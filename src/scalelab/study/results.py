@@ -72,9 +72,10 @@ _TO_PENDING = "status = 'pending', runner_pid = NULL, runner_host = NULL, starte
 FRAME_COLUMNS: dict[str, str] = {
     "id": "string", "status": "string", "family": "string", "size": "string", "variant": "string",
     "D": "int64", "U": "int64", "seed": "int64", "epochs": "float64",
-    "loss": "float64", "perplexity": "float64", "bits_per_byte": "float64", "tokens_seen": "Int64",
+    "loss": "float64", "loss_se": "float64", "perplexity": "float64", "bits_per_byte": "float64",
+    "bits_per_byte_se": "float64", "tokens_seen": "Int64",
     "flops": "float64", "N": "Int64", "params": "Int64", "wall_seconds": "float64", "throughput": "float64",
-    "eval_split": "string", "eval_tokens": "Int64",
+    "eval_split": "string", "eval_tokens": "Int64", "reliable": "boolean",
     "error": "string", "attempts": "int64", "started_at": "float64", "finished_at": "float64",
 }
 
@@ -305,11 +306,14 @@ def _flat(record: RunRecord) -> dict[str, Any]:
     return {
         "id": record.id, "status": record.status, "family": record.family, "size": record.size,
         "variant": record.variant, "D": record.D, "U": record.U, "seed": record.seed,
-        "epochs": metrics.get("epochs"), "loss": evaluation.get("nll"), "perplexity": evaluation.get("perplexity"),
-        "bits_per_byte": evaluation.get("bits_per_byte"), "tokens_seen": seen, "flops": metrics.get("flops"),
+        "epochs": metrics.get("epochs"), "loss": evaluation.get("nll"), "loss_se": evaluation.get("nll_se"),
+        "perplexity": evaluation.get("perplexity"), "bits_per_byte": evaluation.get("bits_per_byte"),
+        "bits_per_byte_se": evaluation.get("bits_per_byte_se"), "tokens_seen": seen, "flops": metrics.get("flops"),
         "N": metrics.get("N"), "params": metrics.get("params"), "wall_seconds": wall,
         "throughput": seen / wall if seen is not None and wall else None,
         "eval_split": evaluation.get("split"), "eval_tokens": evaluation.get("tokens"),
+        # Results written before runs were judged on their steps count as reliable.
+        "reliable": metrics.get("reliable", True) if metrics else None,
         "error": record.error, "attempts": record.attempts, "started_at": record.started_at,
         "finished_at": record.finished_at,
     }

@@ -107,7 +107,12 @@ class StudySpec(StrictModel):
                                                               "D >= U, D tokens drawn by repeating the first U.")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     regime: Regime = "single-pass"
-    eval_tokens: int | None = Field(50_000, gt=0, description="Held-out token budget per evaluation.")
+    min_steps: int = Field(200, ge=1, description="Optimizer steps every neural run should reach, through a smaller "
+                                                  "batch or, when converging, more epochs; a run whose D cannot "
+                                                  "reach them is marked unreliable.")
+    eval_tokens: int | None = Field(50_000, gt=0, description="Held-out token budget per evaluation, met by a "
+                                                              "seeded random sample of whole documents "
+                                                              "(none: the whole split).")
     eval_split: EvalSplit = "validation"
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields for every run.")
     resources: Resources = Field(default_factory=Resources)

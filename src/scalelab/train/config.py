@@ -44,8 +44,11 @@ class TrainConfig(StrictModel):
     family: registry.FamilyName = Field(registry.DEFAULT, description=f"Model family: {', '.join(registry.FAMILIES)}.")
     model: SerializeAsAny[StrictModel] = Field(description="The family's model config, spelt under the family's "
                                                            "name.")
-    regime: Regime = Field("single-pass", description="single-pass: see the D tokens once; converge: repeat "
-                                                      "them, stopping early when held-out loss stops improving.")
+    regime: Regime = Field("single-pass", description="single-pass: see the D tokens once (or `epochs` times) "
+                                                      "and report on eval_split; converge: repeat them, stopping "
+                                                      "early when the validation loss stops improving, and report "
+                                                      "the best checkpoint on the test split (the split no choice "
+                                                      "was made on).")
     epochs: float | None = Field(None, gt=0, description="Duration in passes over the D tokens "
                                                          "(default: 1, or max_epochs when converging).")
     steps: int | None = Field(None, gt=0, description="Duration in optimizer steps (overrides epochs).")
@@ -59,13 +62,17 @@ class TrainConfig(StrictModel):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     eval_every: int | None = Field(None, gt=0, description="Steps between evaluations (default: ~5 per run, "
                                                            "or one per epoch when converging).")
-    eval_split: EvalSplit = "validation"
-    eval_tokens: int | None = Field(None, gt=0, description="Score only the fewest first whole held-out "
-                                                            "documents holding this many tokens (always the "
-                                                            "same ones).")
+    eval_split: EvalSplit = Field("validation", description="The held-out split a single-pass run evaluates "
+                                                            "and reports on. converge ignores it: it selects on "
+                                                            "validation and reports on test.")
+    eval_tokens: int | None = Field(None, gt=0, description="Score a seeded random sample of whole held-out "
+                                                            "documents holding this many tokens (the same for "
+                                                            "every run of a dataset) instead of the whole split.")
     eval_batch_size: int = Field(16, gt=0)
     checkpoint_every: int | None = Field(None, gt=0, description="Steps between checkpoints "
                                                                  "(default: at every evaluation).")
+    min_steps: int | None = Field(None, ge=1, description="Optimizer steps below which the run is marked "
+                                                          "unreliable (a study sets its own; default: no minimum).")
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU.")
@@ -120,11 +127,29 @@ class TrainConfig(StrictModel):
             raise ValueError(f"unique_tokens ({self.unique_tokens}) cannot exceed tokens ({self.tokens})")
         if self.micro_batch_size is not None and self.micro_batch_size > self.batch_size:
             raise ValueError("micro_batch_size cannot exceed batch_size")
+        if (self.unique_tokens is not None and self.unique_tokens < self.tokens
+                and not registry.family(self.family).repeats_data):
+            raise ValueError(f"unique_tokens ({self.unique_tokens}) below tokens ({self.tokens}): the {self.family} "
+                             f"family is fitted on unique tokens only, never on repeated data (use "
+                             f"tokens={self.unique_tokens})")
         return self
 
+    @property
+    def monitor_split(self) -> str:
+        """The split evaluated during training: the one a converge run selects its checkpoint on."""
+        return "validation" if self.regime == "converge" else self.eval_split
+
+    @property
+    def report_split(self) -> str:
+        """The split of the run's reported figures. A converge run reports on test: the validation loss at the
+        checkpoint it chose is biased down by the choice."""
+        return "test" if self.regime == "converge" else self.eval_split
+
     def identity(self) -> dict:
-        """The fields that decide the result: everything but where it runs and how it is logged."""
-        content = self.model_dump(mode="json", exclude={"device", "num_threads", "tensorboard", "data"})
+        """The fields that decide the result: everything but where it runs and how it is logged. An unset
+        min_steps is left out, so that runs configured before it existed keep their ids."""
+        unset = {"min_steps"} if self.min_steps is None else set()
+        content = self.model_dump(mode="json", exclude={"device", "num_threads", "tensorboard", "data", *unset})
         content["model"] = content.pop(self.family)
         return registry.family(self.family).identity(content)
 

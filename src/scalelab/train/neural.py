@@ -7,11 +7,12 @@ from typing import Any
 import torch
 
 from scalelab.models.accounting import flops_per_token, non_embedding_params, total_params
+from scalelab.models.registry import family
 from scalelab.train import checkpoint
 from scalelab.train.batches import WindowBatches
 from scalelab.train.callbacks import Callback, MetricsLog, ProgressBar, TensorBoard
 from scalelab.train.distributed import barrier
-from scalelab.train.evaluate import neural_nll, result
+from scalelab.train.evaluate import eval_set, neural_nll, result
 from scalelab.train.run import Job, autocast_dtype
 from scalelab.train.trainer import Trainer
 
@@ -47,8 +48,19 @@ def train_neural(model: torch.nn.Module, job: Job) -> dict[str, Any]:
         final = evaluate(model)
     else:
         final = trainer.last_eval or evaluate(model)
-    return {"eval": final.to_dict(), "N": non_embedding_params(model), "params": total_params(model),
-            "tokens_seen": state.tokens, "steps": state.step, "epochs": state.tokens / batches.tokens_per_epoch,
+    selected: dict[str, Any] = {}
+    if config.regime == "converge":
+        # The checkpoint was chosen for its validation loss, which the choice biases down: the reported figures
+        # are the test split's, which no choice was made on (the practice of held-out early stopping).
+        test = eval_set(job.store, config.report_split, config.eval_tokens)
+        selected = {"selection_eval": final.to_dict()}
+        final = family(config.family).score(model, config, test, device)
+    # Epochs count passes over the U unique tokens, as Muennighoff et al. (2023) count them: one pass over a view
+    # of D tokens repeated from U is D / U epochs.
+    unique = config.unique_tokens or config.tokens
+    return {"eval": final.to_dict(), **selected, "N": non_embedding_params(model), "params": total_params(model),
+            "tokens_seen": state.tokens, "steps": state.step,
+            "epochs": state.tokens / batches.tokens_per_epoch * len(job.view) / unique,
             "best_step": state.best_step if config.regime == "converge" else state.step,
             "flops": per_token * state.tokens, "context_length": batches.context_length,
             "world_size": dist.world_size, "device": device.type, "threads": torch.get_num_threads()}

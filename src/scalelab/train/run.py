@@ -1,7 +1,9 @@
 """One run, end to end: data subset -> model -> training (or counting) -> held-out evaluation -> run directory.
 
 The run directory's layout is `RunDir`'s (train/rundir.py); what training a model means is its family's
-(`ModelFamily.train`). eval.json is written last: a run with it is done.
+(`ModelFamily.train`). eval.json is written last: a run with it is done. Besides the family's part (`eval`, N,
+params, tokens_seen, epochs, ...) it records what the run measures: D and U (`ModelFamily.data_seen`), and
+whether the run can be trusted as a point on a curve (`reliable`, and the reason in `unreliable` when not).
 Calling `train_run` again on a finished run returns its result; on an interrupted one it resumes. The same
 function serves the CLI, the study runner, Ray tasks and every `torchrun` rank.
 """
@@ -82,7 +84,7 @@ class Job:
     run: RunDir
     store: TokenStore
     view: TokenView  # the training view: a nested subset, or a repetition of one
-    data: EvalSet
+    data: EvalSet  # the split evaluated during training (`TrainConfig.monitor_split`)
     device: torch.device
     dist: DistInfo
     show_progress: bool
@@ -111,12 +113,15 @@ def train_run(config: TrainConfig, run_dir: Path, *, force: bool = False, show_p
     finished = _prepare_run_dir(run, config, run_id, view.fingerprint, force, dist)
     if finished is not None:
         return _finite(finished, run, recorded=True)
-    data = eval_set(store, config.eval_split, config.eval_tokens)
+    data = eval_set(store, config.monitor_split, config.eval_tokens)
+    adapter = family(config.family)
     started = time.perf_counter()
-    outcome = family(config.family).train(Job(config, run, store, view, data, device, dist, show_progress))
+    outcome = adapter.train(Job(config, run, store, view, data, device, dist, show_progress))
+    d, u = adapter.data_seen(config)
+    reason = adapter.unreliable(config)
     outcome.update({
         "run_id": run_id, "family": config.family, "variant": config.variant or store.variants[0],
-        "D": config.tokens, "U": config.unique_tokens or config.tokens,
+        "D": d, "U": u, "min_steps": config.min_steps, "reliable": reason is None, "unreliable": reason,
         "data_fingerprint": view.fingerprint, "wall_seconds": time.perf_counter() - started,
     })
     _finite(outcome, run, recorded=False)
@@ -140,14 +145,16 @@ def _finite(outcome: dict[str, Any], run: RunDir, recorded: bool) -> dict[str, A
 
 
 def evaluate_run(run_dir: Path, split: str | None = None, eval_tokens: int | None = None) -> dict[str, Any]:
-    """Re-score a run's final model (the best checkpoint when it converged) on a held-out split."""
+    """Re-score a run's final model (the best checkpoint when it converged) on a held-out split: by default the
+    split its reported figures are on (test, when it converged)."""
     run = RunDir(run_dir)
     config = run.config()
+    split = split or config.report_split
     # Validated as the run's own eval_split and eval_tokens are: a held-out split, a positive budget.
     asked = {key: value for key, value in (("eval_split", split), ("eval_tokens", eval_tokens)) if value is not None}
     config = validate(TrainConfig, {**config.model_dump(mode="json"), **asked}, origin="evaluation options")
     store = TokenStore.open(config.data)
-    data = eval_set(store, config.eval_split, config.eval_tokens)
+    data = eval_set(store, split, config.eval_tokens)
     adapter = family(config.family)
     device = setup_torch(config)
     model = adapter.load_trained(run, config, store.tokenizer.vocab_size)

@@ -403,8 +403,8 @@ def print_fits(analysis: Analysis) -> None:
             low, high = fit.intervals.get(name, (math.nan, math.nan))
             if name == "E" and (group.floor is None or not group.floor.identified):
                 # An unidentified floor is a bound, never a value such as 2e-10.
-                shown = "not identified" if group.floor is None else f"< {high:.4g}"
-                table.add_row(name, shown, f"0 – {high:.4g}" if group.floor is not None else "–")
+                shown = "not identified" if group.floor is None else f"< {group.floor.bound:.4g}"
+                table.add_row(name, shown, f"0 – {group.floor.bound:.4g}" if group.floor is not None else "–")
                 continue
             table.add_row(name, f"{value:.4g}", f"{low:.4g} – {high:.4g}")
         console.print(table)

@@ -95,6 +95,9 @@ def test_an_unidentified_floor_is_stated_as_a_bound_never_as_a_value():
                for s in result.sentences), result.sentences
     text = json.dumps(result.to_dict()["sentences"]) + json.dumps([g["findings"] for g in result.to_dict()["groups"]])
     assert not re.search(r"\de-\d", text), text
+    # Nor as a bound too fine for the data to resolve, such as 0.00000000001: at least 1% of the best loss.
+    (bound,) = {float(m) for s in result.sentences for m in re.findall(r"E < ([\d.]+) nats", s)}
+    assert bound == pytest.approx(group.floor.bound, rel=1e-2) and bound >= 0.01 * group.fit.loss.min() * 0.99
 
 
 def test_a_visible_floor_is_stated_with_its_interval():
@@ -200,3 +203,15 @@ def test_no_crossover_in_or_near_the_measured_range():
 
 def test_the_floor_verdict_needs_draws():
     assert floor(fit_law("data", {"D": D}, curve(1.0, 30, 0.3), bootstrap=0)) is None
+
+
+def test_a_token_count_whose_interval_runs_past_the_horizon_is_not_stated():
+    """An interval such as 220k-4e216 tokens is finite in arithmetic only: it says nothing."""
+    from scalelab.laws.analysis import stated
+
+    answer = planner.Answer(value=4e6, low=2.2e5, high=4.1e216, level=0.9, kind="count",
+                            template="beyond about {value} tokens{interval} a doubling gains under 1%")
+    assert stated(answer, None) is not None
+    assert stated(answer, None, horizon=640e6) is None
+    assert stated(planner.Answer(value=4e6, low=2.2e5, high=9e6, level=0.9, kind="count",
+                                 template=answer.template), None, horizon=640e6) is not None

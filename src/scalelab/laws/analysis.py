@@ -498,8 +498,9 @@ def _regions(fit: Fit, noise: tuple[np.ndarray | None, str], label: str) -> Regi
     if departing:
         kind = ("above it: the small-data region of Hestness et al. (2017)" if above
                 else "off it by more than the noise")
-        law += (f"; the {len(departing)} smaller data size{'s' if len(departing) > 1 else ''} "
-                f"(up to {planner.format_tokens(departing[-1])}) lie {kind}")
+        many = len(departing) > 1
+        law += (f"; the {len(departing)} smaller data size{'s' if many else ''} "
+                f"(up to {planner.format_tokens(departing[-1])}) {'lie' if many else 'lies'} {kind}")
     return Regions(power_law_from=start, departing=departing, above=above, noise=source, floor=verdict, sentence=law)
 
 
@@ -511,7 +512,7 @@ def _floor_sentence(verdict: Floor, unit: Unit, label: str) -> str:
         return planner.FORMAT["loss"](x)
 
     if not verdict.identified:
-        return f"{label}: no floor is visible in the measured data (E < {loss(verdict.high)} {text} at {level})"
+        return f"{label}: no floor is visible in the measured data (E < {loss(verdict.bound)} {text} at {level})"
     interval = f"{loss(verdict.value)} {text} ({loss(verdict.low)}-{loss(verdict.high)} at {level})"
     if verdict.approached:
         return f"{label}: an irreducible floor is visible: E = {interval}, and the measured losses approach it"
@@ -524,9 +525,10 @@ def _bounded(answer: planner.Answer) -> bool:
     return all(math.isfinite(v) for v in values)
 
 
-def stated(answer: AnyAnswer, verdict: Floor | None) -> str | None:
+def stated(answer: AnyAnswer, verdict: Floor | None, horizon: float = math.inf) -> str | None:
     """The answer's sentence as a finding, or None when the data do not support stating it: a number without a
-    bounded interval, or a statement that rests on an unidentified floor (or on a floor of 0)."""
+    bounded interval (a token count whose interval reaches past `horizon` is as good as unbounded), or a statement
+    that rests on an unidentified floor (or on a floor of 0)."""
     if isinstance(answer, planner.ComputeOptimal):
         parts = (answer.N, answer.D, answer.tokens_per_param)
         return answer.sentence() if all(_bounded(p) for p in parts) else None
@@ -545,13 +547,17 @@ def stated(answer: AnyAnswer, verdict: Floor | None) -> str | None:
         return None  # the floor's own sentence says what the data show about it
     if "{value}" not in answer.template:
         return answer.sentence()  # no estimated number in it
+    if answer.kind == "count" and answer.high > horizon:
+        return None
     return answer.sentence() if _bounded(answer) else None
 
 
 def _findings(answers: dict[str, AnyAnswer], verdict: Floor | None, fit: Fit, label: str) -> list[str]:
     if not len(fit.samples):
         return []
-    findings = [sentence for answer in answers.values() if (sentence := stated(answer, verdict)) is not None]
+    horizon = FAR * float(fit.X["D"].max())
+    findings = [sentence for answer in answers.values()
+                if (sentence := stated(answer, verdict, horizon)) is not None]
     if verdict is not None:
         findings.append(_floor_sentence(verdict, fit.unit, label))
     return findings

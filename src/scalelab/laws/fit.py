@@ -163,7 +163,9 @@ class Floor:
 
     identified: E's interval lies clear of 0 (its lower end, and the estimate, above FLOOR_NEGLIGIBLE of the smallest
     measured loss). approached: identified, and at the best measured loss the floor is at least FLOOR_BEND of it, so
-    the curve has visibly bent towards it. A floor is *visible* only when both hold."""
+    the curve has visibly bent towards it. A floor is *visible* only when both hold. bound: what an unidentified
+    floor is stated as, E < bound: the interval's upper end, or FLOOR_NEGLIGIBLE of the smallest measured loss when
+    that is higher, as an upper end such as 2e-10 reads as a measurement of a floor the data cannot resolve."""
 
     value: float
     low: float
@@ -171,6 +173,7 @@ class Floor:
     level: float
     identified: bool
     approached: bool
+    bound: float
 
     @property
     def visible(self) -> bool:
@@ -179,7 +182,7 @@ class Floor:
     def to_dict(self) -> dict[str, Any]:
         return {"value": self.value if self.identified else None, "low": self.low, "high": self.high,
                 "level": self.level, "identified": self.identified, "approached": self.approached,
-                "visible": self.visible}
+                "visible": self.visible, "bound": self.bound}
 
 
 def floor(fit: Fit) -> Floor | None:
@@ -191,7 +194,8 @@ def floor(fit: Fit) -> Floor | None:
     negligible = FLOOR_NEGLIGIBLE * best
     identified = bool(value > negligible and low > negligible)
     approached = bool(identified and value >= FLOOR_BEND * best)
-    return Floor(value=value, low=low, high=high, level=fit.level, identified=identified, approached=approached)
+    return Floor(value=value, low=low, high=high, level=fit.level, identified=identified, approached=approached,
+                 bound=max(high, negligible))
 
 
 class _Objective:

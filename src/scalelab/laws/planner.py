@@ -522,7 +522,7 @@ def crossover(a: Fit, b: Fit, *, D_low: float, D_high: float, far: float, label_
     value = float(values[0])
     horizon = f"{format_tokens(top)} tokens, {_plain(far)}x the largest D measured"
     if value <= D_low:
-        template = (f"{winner} has the lower loss than {loser} throughout the measured range and up to {horizon} "
+        template = (f"{winner} has a lower loss than {loser} throughout the measured range and up to {horizon} "
                     f"in the fitted laws: no crossover lies in or near the measured range")
         bounded = not math.isnan(high) and high <= D_low
     else:

@@ -274,7 +274,7 @@ def _parameter(name: str, value: float, fit: dict[str, Any], verdict: dict[str, 
     if name == "E" and (verdict is None or not verdict.get("identified")):
         if verdict is None or interval is None:
             return f"{shown}: not identified (no interval)"
-        return f"{shown} &lt; {number(interval[1])}: no floor visible"
+        return f"{shown} &lt; {number(verdict['bound'])}: no floor visible"
     return f"{shown} = {number(value)}" + (f" ({number(interval[0])}–{number(interval[1])})" if interval else "")
 
 

@@ -42,3 +42,21 @@ def test_the_studies_folder_is_the_shipped_presets():
     shipped = Path(str(resources.files("scalelab") / "presets"))
     assert (root / "studies").resolve() == shipped.resolve()
     assert sorted(p.name for p in shipped.glob("*.yaml")) == ["demo-gpu.yaml", "demo.yaml", "gpu.yaml"]
+
+
+def test_make_demo_installs_no_test_tools():
+    """`make demo` installs scalelab's runtime alone: pytest, Ray and the other tools are `make test`'s."""
+    import re
+
+    import tomllib
+
+    root = Path(__file__).parent.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    runtime = {re.split(r"[<>=!~\[ ]", spec, maxsplit=1)[0].lower() for spec in project["dependencies"]}
+    tools = {re.split(r"[<>=!~\[ ]", spec, maxsplit=1)[0].lower() for spec in project["optional-dependencies"]["dev"]}
+    assert runtime.isdisjoint(tools) and {"pytest", "ray"} <= tools
+    makefile = (root / "Makefile").read_text(encoding="utf-8")
+    demo_stamp = re.search(r"^demo: (\S+)$", makefile, re.M).group(1)
+    recipe = re.search(rf"^{re.escape(demo_stamp)}:.*\n((?:\t.*\n)+)", makefile, re.M).group(1)
+    assert "pip install --quiet -e ." in recipe and "[dev]" not in recipe
+    assert re.search(r"^test: \$\(DEV_STAMP\)$", makefile, re.M)

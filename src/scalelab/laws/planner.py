@@ -307,7 +307,7 @@ def data_for_loss(fit: Fit, target: float, *, N: float | None = None, label: str
     _require_positive(target=target)
     curve = _curve(fit, N)
     reachable = target > curve.floor
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         closed = np.where(reachable, (curve.B / (target - curve.floor)) ** (1 / curve.beta), np.inf)
     tokens = curve.refine(closed, lambda D: curve.loss(D) - target, closed)
     goal = _loss_text(target, fit.unit)
@@ -347,7 +347,7 @@ def saturation(fit: Fit, epsilon: float = 0.01, *, N: float | None = None, relat
         raise PlannerError(f"epsilon={epsilon}: a relative gain is below 1; pass a fraction such as 0.01")
     curve = _curve(fit, N)
     k = 1 - 2.0 ** -curve.beta
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if relative:
             closed = np.where(k > epsilon,
                               (curve.B * (k - epsilon) / (epsilon * curve.floor)) ** (1 / curve.beta), 0.0)
@@ -454,7 +454,7 @@ def effective_data_multiplier(base: Fit, other: Fit, D: float, *, base_label: st
     b, o = _paired(_parameters(base), _parameters(other))
     loss = o["E"] + o["B"] * D ** -o["beta"]
     reachable = loss > b["E"]
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         multiplier = np.where(reachable, (b["B"] / (loss - b["E"])) ** (1 / b["beta"]) / D, np.inf)
     at = f"at {format_tokens(D)} tokens"
     if reachable[0]:

@@ -144,7 +144,7 @@ class RayBackend:
         try:
             import ray
         except ImportError as exc:
-            raise ScalelabError("the ray backend needs Ray: pip install 'ray>=2.9'") from exc
+            raise ScalelabError("the ray backend needs Ray: pip install 'scalelab[ray]'") from exc
         self._ray = ray
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False,

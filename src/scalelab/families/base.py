@@ -208,7 +208,7 @@ class NeuralFamily(ModelFamily):
     def cost(self, config: TrainConfig, view_tokens: int, vocab_size: int) -> Cost:
         model = config.model
         planned = duration(config, view_tokens, model.context_length)
-        context = min(model.context_length, view_tokens - 1)
+        _, context = windows(view_tokens, model.context_length)
         per_token = self.flops_per_token(model.model_copy(update={"context_length": context}), vocab_size)
         return Cost(planned.tokens, per_token * planned.tokens)
 
@@ -256,6 +256,6 @@ class NeuralFamily(ModelFamily):
         from scalelab.train.evaluate import neural_nll, result
         from scalelab.train.run import autocast_dtype
 
-        context = min(config.model.context_length, config.tokens - 1)
+        _, context = windows(config.tokens, config.model.context_length)
         return result(neural_nll(model.to(device), data, context, config.eval_batch_size, device,
                                  autocast_dtype(config, device)), data)

@@ -62,13 +62,24 @@ def load_points(source: Path) -> Any:
     and optionally U, bits_per_byte, family, variant, size). Rows are numbered from 1, a CSV's in file order after
     the header, so that an error can name them."""
     if source.suffix.lower() == ".csv":
-        frame = _read_csv(source)
-    else:
-        from scalelab.study.api import load_results
+        return checked_points(_read_csv(source), source)
+    from scalelab.study.api import open_results
 
-        frame = load_results(source)
-        frame = frame[frame["status"] == "done"]
-        frame = _with_documents(frame, source)
+    with open_results(source) as store:
+        return study_points(store.records(), source)
+
+
+def study_points(records: list[Any], source: Path) -> Any:
+    """A study's points from its results store's records: the finished runs, each with its per-document results
+    where it has them."""
+    from scalelab.study.results import records_frame
+
+    runs = records_frame(records)
+    return checked_points(_with_documents(runs[runs["status"] == "done"], records), source)
+
+
+def checked_points(frame: Any, source: Path) -> Any:
+    """`frame` with the columns a fit needs, or a DataError naming what is missing."""
     missing = [c for c in REQUIRED if c not in frame.columns]
     if "loss" not in frame.columns and "bits_per_byte" not in frame.columns:
         missing.append("loss (or bits_per_byte)")
@@ -82,14 +93,9 @@ def load_points(source: Path) -> Any:
     return frame
 
 
-def _with_documents(frame: Any, source: Path) -> Any:
+def _with_documents(frame: Any, records: list[Any]) -> Any:
     """The frame with a `documents` column (each run's per-document results, or None), when any run has them."""
-    if "documents" in frame.columns or "id" not in frame.columns:
-        return frame
-    from scalelab.study.api import open_results
-
-    with open_results(source) as store:
-        found = {record.id: documents_of(record.metrics) for record in store.records()}
+    found = {record.id: documents_of(record.metrics) for record in records}
     if not any(found.values()):
         return frame
     frame = frame.copy()
@@ -318,7 +324,7 @@ class Analysis:
                 "resampling": self.resampling}
 
 
-def _unreliable(frame: Any) -> np.ndarray:
+def unreliable_rows(frame: Any) -> np.ndarray:
     """Rows marked unreliable (column `reliable` False); a frame without the column, or a missing value, is
     reliable."""
     if "reliable" not in frame.columns:
@@ -393,7 +399,7 @@ def analyse(frame: Any, *, unit: Unit = "bits_per_byte", bootstrap: int = 200, s
                           f"{', '.join(map(str, frame.columns))}"
                           + "".join(f"; for {LOSS_COLUMN[u]!r} pass --unit {u}" for u in others))
     _check_points(frame, column)
-    unreliable = _unreliable(frame)
+    unreliable = unreliable_rows(frame)
     if include_unreliable:
         unreliable[:] = False
     marked = frame.assign(_unreliable=unreliable)

@@ -25,14 +25,14 @@ import numpy as np
 from scalelab import __version__
 from scalelab.errors import ScalelabError
 from scalelab.io import check_replaceable, publish_directory
-from scalelab.laws.analysis import LOSS_COLUMN, Analysis, _unreliable, analyse, load_points
+from scalelab.laws.analysis import LOSS_COLUMN, Analysis, analyse, study_points, unreliable_rows
 from scalelab.laws.forms import FORMS
 from scalelab.laws.planner import format_tokens
 from scalelab.laws.units import Unit
 from scalelab.report import html, plots
-from scalelab.study.api import load_results, open_results, study_directory
+from scalelab.study.api import open_results, study_directory
 from scalelab.study.plan import run_dir
-from scalelab.study.results import RunRecord
+from scalelab.study.results import RunRecord, records_frame
 from scalelab.train.rundir import RunDir
 
 __all__ = ["MARKER", "Report", "build_report", "write_report"]
@@ -71,9 +71,9 @@ def build_report(study_dir: Path, out: Path | None = None, *, unit: Unit = "bits
     # A report is remade whenever asked: an earlier one is replaced, but never a directory it did not write.
     check_replaceable(out, MARKER, "report", force=True)
     with open_results(study_dir) as store:
-        records = store.records()
-    runs = load_results(study_dir)
-    points = load_points(study_dir)
+        records = store.records()  # read once: the runs table, the points and the environment all come from them
+    runs = records_frame(records)
+    points = study_points(records, study_dir)
     analysis = analyse(points, unit=unit, bootstrap=bootstrap, seed=SEED)
     data = _data(records, min(DATA_MAX_TOKENS, int(points["D"].max())))
     results = {"study": study_dir.name, "analysis": analysis.to_dict(), "runs": _rows(runs), "data": data,
@@ -99,7 +99,7 @@ def _group(points: Any, family: str, variant: str, size: str | None = None, anal
     if size is not None:
         rows = rows[rows["size"].astype(str) == size]
     if analysis is not None and not analysis.include_unreliable and "reliable" in rows.columns:
-        rows = rows[~_unreliable(rows)]
+        rows = rows[~unreliable_rows(rows)]
     return rows.reset_index(drop=True)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from scalelab.models.registry import family
 from scalelab.train.config import TrainConfig
+from scalelab.train.duration import windows
 
 CONTEXT_LENGTH = 256
 # A run of a few optimizer steps measures the optimizer, not the data: the runs that Kaplan et al. (2020) and
@@ -41,14 +42,10 @@ def learning_rate(name: str, size: str) -> float:
     return min(max(lr, LR_RANGE[0]), LR_RANGE[1])
 
 
-def _windows(tokens: int, context_length: int) -> int:
-    return max(1, (tokens - 1) // context_length)
-
-
 def batch_size(tokens: int, context_length: int, min_steps: int = MIN_STEPS) -> int:
     """The largest batch within BATCH_RANGE sequences that still gives at least `min_steps` steps per pass over
     D = `tokens` (BATCH_RANGE's smallest when no batch does)."""
-    return min(max(_windows(tokens, context_length) // min_steps, BATCH_RANGE[0]), BATCH_RANGE[1])
+    return min(max(windows(tokens, context_length)[0] // min_steps, BATCH_RANGE[0]), BATCH_RANGE[1])
 
 
 def converge_fields(tokens: int, context_length: int, batch: int, min_steps: int = MIN_STEPS) -> dict[str, Any]:
@@ -56,7 +53,7 @@ def converge_fields(tokens: int, context_length: int, batch: int, min_steps: int
     early-stopping check more often than every min_steps / CONVERGE_CHECKS steps, so that tiny epochs do not stop
     the run on the first noisy evaluations (converge is Kaplan et al.'s and Hestness et al.'s (2017) early-stopped
     L(D), which means to find the best loss on D tokens, not the first plateau)."""
-    steps_per_epoch = -(-_windows(tokens, context_length) // batch)
+    steps_per_epoch = -(-windows(tokens, context_length)[0] // batch)
     fields: dict[str, Any] = {}
     if steps_per_epoch * MAX_EPOCHS < min_steps:
         fields["max_epochs"] = -(-min_steps // steps_per_epoch)

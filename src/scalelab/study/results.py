@@ -263,10 +263,7 @@ class ResultsStore:
     def frame(self, ids: Iterable[str] | None = None) -> pandas.DataFrame:
         """One row per run, with its eval.json flattened into the columns of `FRAME_COLUMNS`; the metric columns
         are missing (NA) for runs not done."""
-        import pandas as pd
-
-        rows = [_flat(record) for record in self.records(ids)]
-        return pd.DataFrame(rows, columns=list(FRAME_COLUMNS)).astype(FRAME_COLUMNS)
+        return records_frame(self.records(ids))
 
     def export(self, path: Path, fmt: ExportFormat, ids: Iterable[str] | None = None) -> None:
         """Write `frame(ids)` to `path`; a reader of `path` sees the old file or the new one, never part of one."""
@@ -297,6 +294,13 @@ def _record(row: sqlite3.Row) -> RunRecord:
     fields["config"] = json.loads(fields["config"])
     fields["metrics"] = json.loads(fields["metrics"]) if fields["metrics"] is not None else None
     return RunRecord(**fields)
+
+
+def records_frame(records: list[RunRecord]) -> pandas.DataFrame:
+    """`ResultsStore.frame` of records already read."""
+    import pandas as pd
+
+    return pd.DataFrame([_flat(record) for record in records], columns=list(FRAME_COLUMNS)).astype(FRAME_COLUMNS)
 
 
 def _flat(record: RunRecord) -> dict[str, Any]:

@@ -97,6 +97,10 @@ class EvalResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def summary(self) -> dict[str, Any]:
+        """to_dict() without the per-document results: what a learning curve logs at each evaluation."""
+        return {key: value for key, value in self.to_dict().items() if key != "documents"}
+
 
 def eval_set(store: TokenStore, split: str = "validation", max_tokens: int | None = None,
              max_share: float = MAX_DOCUMENT_SHARE) -> EvalSet:

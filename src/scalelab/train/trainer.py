@@ -182,7 +182,7 @@ class Trainer:
                 self.save(checkpoint.BEST)
         else:
             self.state.evals_without_improvement += 1
-        metrics = {"step": self.state.step, "tokens": self.state.tokens, "eval": result.to_dict(),
+        metrics = {"step": self.state.step, "tokens": self.state.tokens, "eval": result.summary(),
                    "improved": improved}
         for callback in self.callbacks:
             callback.on_eval(self, metrics)

@@ -12,7 +12,7 @@ from scalelab import config as cfg
 from scalelab.data.store import TokenStore
 from scalelab.errors import ConfigError
 from scalelab.io import write_text_atomic
-from scalelab.study.plan import plan
+from scalelab.study.plan import plan, print_note
 from scalelab.study.results import STATUSES, ResultsStore, RunRecord, runner_gone
 from scalelab.study.runner import make_backend, run_all, threads_per_run
 from scalelab.study.spec import StudySpec
@@ -35,8 +35,8 @@ def open_dataset(spec: StudySpec, show_progress: bool = True) -> TokenStore:
 
 
 def plan_study(spec: StudySpec, *, probe: bool = True, show_progress: bool = True) -> list[RunRecord]:
-    quiet = {} if show_progress else {"notes": lambda note: None}
-    return plan(spec, open_dataset(spec, show_progress), probe=probe, **quiet)
+    return plan(spec, open_dataset(spec, show_progress), probe=probe,
+                notes=print_note if show_progress else lambda note: None)
 
 
 def run_study(spec: StudySpec, *, workers: int | None = None, backend: str | None = None,

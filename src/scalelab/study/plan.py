@@ -33,7 +33,7 @@ def run_dir(study_dir: Path, run_id: str) -> Path:
 Notes = Callable[[str], None]
 
 
-def _print_note(text: str) -> None:
+def print_note(text: str) -> None:
     stderr_console.print(text, markup=False, highlight=False)
 
 
@@ -59,7 +59,7 @@ def _grid(spec: StudySpec, name: str, notes: Notes) -> list[tuple[int, int]]:
     return pairs
 
 
-def run_configs(spec: StudySpec, store: TokenStore, notes: Notes = _print_note) -> list[TrainConfig]:
+def run_configs(spec: StudySpec, store: TokenStore, notes: Notes = print_note) -> list[TrainConfig]:
     configs = []
     for name, family_spec in spec.families.items():
         grid = _grid(spec, name, notes)
@@ -91,7 +91,7 @@ def _config(spec: StudySpec, store: TokenStore, name: str, size: str, variant: s
     return validate(TrainConfig, fields, origin=f"study run ({name} {size}, D={d})")
 
 
-def plan(spec: StudySpec, store: TokenStore, *, probe: bool = True, notes: Notes = _print_note) -> list[RunRecord]:
+def plan(spec: StudySpec, store: TokenStore, *, probe: bool = True, notes: Notes = print_note) -> list[RunRecord]:
     """The study's runs as pending records with their cost, one per distinct run id (an n-gram does not depend
     on the seed, so seeds collapse). D and U are what each run will see (`ModelFamily.data_seen`), as its eval.json
     will record them. What the plan skips, and each run that will be marked unreliable, goes to `notes`."""
